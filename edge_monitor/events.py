@@ -1,0 +1,115 @@
+"""Events that flow from the detector to the sinks.
+
+Every event is an immutable value. Sinks turn them into MQTT messages, console
+lines or files; nothing else in the pipeline knows how they are delivered.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import uuid
+from typing import Any, Literal, Optional, Union
+
+AlertType = Literal["start", "end"]
+MachineState = Literal["normal", "anomaly", "degraded"]
+HealthKind = Literal[
+    "silence",        # RMS below the configured floor: not scored, not an anomaly
+    "silence_end",
+    "clipping",       # too many samples at full scale
+    "clipping_end",
+    "source_lost",    # the audio device or serial port went away
+    "source_ok",      # it came back
+    "wrong_machine",  # a machine-type classifier disagrees with the configured type
+]
+
+
+def utc_iso(ts_s: float) -> str:
+    """Format a UNIX time (seconds) as ISO 8601 UTC with millisecond precision."""
+    dt = _dt.datetime.fromtimestamp(ts_s, tz=_dt.timezone.utc)
+    return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def new_alert_id() -> str:
+    """A fresh random UUID4 string: the stable identity of one alert episode."""
+    return str(uuid.uuid4())
+
+
+@dataclasses.dataclass(frozen=True)
+class AlertEvent:
+    """Start or end of an anomaly episode. Start and end share ``episode``; ``id`` is unique per message."""
+
+    id: str
+    type: AlertType
+    machine: str
+    score: float
+    threshold: float
+    started_at_s: float                 # UNIX time (s) of the first anomalous window
+    ended_at_s: Optional[float] = None  # UNIX time (s), only for ``type == "end"``
+    model: str = ""
+    episode: str = ""
+    clip: Optional[str] = None
+
+    def to_payload(self) -> dict[str, Any]:
+        """The JSON object published on ``<prefix>/alert`` (see DESIGN.md)."""
+        payload: dict[str, Any] = {
+            "id": self.id,
+            "type": self.type,
+            "machine": self.machine,
+            "score": round(float(self.score), 6),
+            "threshold": round(float(self.threshold), 6),
+            "started_at": utc_iso(self.started_at_s),
+            "model": self.model,
+            "episode": self.episode,
+        }
+        if self.ended_at_s is not None:
+            payload["ended_at"] = utc_iso(self.ended_at_s)
+        if self.clip is not None:
+            payload["clip"] = self.clip
+        return payload
+
+    def with_clip(self, clip: Optional[str]) -> "AlertEvent":
+        """A copy carrying the evidence clip path."""
+        return dataclasses.replace(self, clip=clip)
+
+
+@dataclasses.dataclass(frozen=True)
+class HealthEvent:
+    """A condition of the input, not of the machine: silence, clipping, a lost device."""
+
+    kind: HealthKind
+    machine: str
+    at_s: float  # UNIX time (s)
+    detail: str = ""
+
+    def to_payload(self) -> dict[str, Any]:
+        """JSON form for logs and telemetry."""
+        return {"kind": self.kind, "machine": self.machine, "at": utc_iso(self.at_s), "detail": self.detail}
+
+
+@dataclasses.dataclass(frozen=True)
+class StateEvent:
+    """The machine's published state changed."""
+
+    machine: str
+    state: MachineState
+    at_s: float  # UNIX time (s)
+
+    def to_payload(self) -> dict[str, Any]:
+        """JSON form for logs."""
+        return {"machine": self.machine, "state": self.state, "at": utc_iso(self.at_s)}
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreEvent:
+    """One scored window. Not published per window; sinks aggregate it into telemetry."""
+
+    machine: str
+    at_s: float       # UNIX time (s) of the window's end
+    score: float
+    threshold: float
+    rms_dbfs: float
+    latency_ms: float  # feature + inference time for this window
+
+
+Event = Union[AlertEvent, HealthEvent, StateEvent, ScoreEvent]

@@ -1,0 +1,1 @@
+"""Where events go: MQTT (with a durable outbox), the console, evidence clips."""
