@@ -65,10 +65,8 @@ def _parse_header(fh: BinaryIO, path: Union[str, Path]) -> tuple[dict, int, int]
             if tag == _EXTENSIBLE:
                 if len(body) < 40:
                     raise _fail(path, "the extensible fmt chunk is too short")
-                bits = struct.unpack("<H", body[18:20])[0] or bits  # valid bits per sample
                 tag = struct.unpack("<H", body[24:26])[0]  # first two bytes of the sub-format GUID
-                container_bits = 8 * block_align // max(channels, 1)
-                bits = container_bits
+                bits = 8 * block_align // max(channels, 1)  # container size; valid bits may be fewer
             fmt = {"tag": tag, "channels": channels, "rate": rate, "block_align": block_align, "bits": bits}
             if channels < 1 or rate < 1 or block_align < 1:
                 raise _fail(path, f"invalid format (channels={channels}, rate={rate}, block_align={block_align})")
