@@ -1,0 +1,189 @@
+"""Run a model bundle: int8 TFLite inference and the score that the detector sees.
+
+The interpreter comes from ``ai_edge_litert``, else ``tflite_runtime``, else
+``tensorflow.lite`` (the last only when TensorFlow happens to be installed; the
+daemon never needs it). Inputs are quantised and outputs dequantised with the
+scale and zero-point read from the interpreter.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+
+from edge_monitor.bundle import BundleError, file_sha256, load_metadata
+from edge_monitor.features import FeatureError, FeatureSpec, normalise
+
+_LOGGER = logging.getLogger(__name__)
+
+
+class ModelError(BundleError):
+    """The model can't be loaded or doesn't fit the audio/config. One sentence, naming the file."""
+
+
+def _interpreter_class() -> tuple[Any, str]:
+    """The first TFLite interpreter class available, and the backend's name."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter  # type: ignore
+        return Interpreter, "ai_edge_litert"
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime.interpreter import Interpreter  # type: ignore
+        return Interpreter, "tflite_runtime"
+    except ImportError:
+        pass
+    try:
+        import tensorflow as tf  # type: ignore
+        return tf.lite.Interpreter, "tensorflow"
+    except ImportError:
+        raise ModelError("no TFLite runtime is installed: `pip install ai-edge-litert` "
+                         "(or tflite-runtime with numpy<2)") from None
+
+
+class ModelBundle:
+    """A loaded, validated bundle: metadata plus the model bytes."""
+
+    def __init__(self, path: Union[str, Path]) -> None:
+        self.path = Path(path)
+        self.meta, self.model_bytes = load_metadata(self.path)
+        try:
+            self.spec = FeatureSpec.from_dict(self.meta["feature_spec"])
+        except (FeatureError, TypeError) as exc:
+            raise ModelError(f"model {self.path}: its feature spec is unusable: {exc}") from None
+        self.kind: str = self.meta["kind"]
+        self.name: str = str(self.meta.get("name", self.path.stem))
+        self.version: str = str(self.meta.get("version", "0"))
+        self.threshold: float = float(self.meta["threshold"])
+        self.labels: list[str] = list(self.meta.get("labels") or [])
+        self.alert_labels: list[str] = list(self.meta.get("alert_labels") or [])
+        self.sha256 = file_sha256(self.model_bytes)
+
+    @property
+    def ident(self) -> str:
+        """Short identity for alerts and logs: ``name@version#sha8``."""
+        return f"{self.name}@{self.version}#{self.sha256[:8]}"
+
+
+class ModelRunner:
+    """Scores feature windows with one bundle. ``process`` is pure apart from the interpreter's state."""
+
+    def __init__(self, bundle: ModelBundle, threads: int = 1) -> None:
+        self.bundle = bundle
+        cls, self.backend = _interpreter_class()
+        try:
+            self._interp = cls(model_content=bundle.model_bytes, num_threads=threads)
+            self._interp.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"model {bundle.path}: the TFLite runtime rejected it ({first})") from None
+        inp = self._interp.get_input_details()
+        out = self._interp.get_output_details()
+        if len(inp) != 1 or len(out) != 1:
+            raise ModelError(f"model {bundle.path}: expected one input and one output tensor, "
+                             f"found {len(inp)} and {len(out)}")
+        self._in, self._out = inp[0], out[0]
+        spec = bundle.spec
+        want = (1, spec.frames_per_window, spec.n_features)
+        shape = tuple(int(d) for d in self._in["shape"])
+        if shape[:3] != want or any(d != 1 for d in shape[3:]):
+            raise ModelError(f"model {bundle.path}: its input shape {list(shape)} does not match its feature spec "
+                             f"({spec.frames_per_window} frames x {spec.n_features} features)")
+        self._in_shape = shape
+        self._in_scale, self._in_zero = self._quant(self._in)
+        self._out_scale, self._out_zero = self._quant(self._out)
+        self._in_buf = np.zeros(shape, dtype=self._in["dtype"])
+        self._prepare_score()
+
+    @staticmethod
+    def _quant(detail: dict) -> tuple[float, int]:
+        scale, zero = detail.get("quantization", (0.0, 0))
+        return float(scale), int(zero)
+
+    def _prepare_score(self) -> None:
+        meta = self.bundle.meta
+        kind = self.bundle.kind
+        score = meta.get("score") or {}
+        path = self.bundle.path
+        n_out = int(np.prod(self._out["shape"]))
+        if kind == "autoencoder":
+            if n_out != int(np.prod(self._in_shape)):
+                raise ModelError(f"model {path}: an autoencoder's output must match its input size")
+        elif kind == "embedding":
+            try:
+                self._mean = np.asarray(score["mean"], dtype=np.float64)
+                self._precision = np.asarray(score["precision"], dtype=np.float64)
+            except (KeyError, TypeError, ValueError):
+                raise ModelError(f"model {path}: an embedding model needs score.mean and score.precision") from None
+            if self._mean.shape != (n_out,) or self._precision.shape != (n_out, n_out):
+                raise ModelError(f"model {path}: embedding statistics do not match its {n_out}-dim output")
+        elif kind == "classifier":
+            labels = self.bundle.labels
+            if n_out != len(labels):
+                raise ModelError(f"model {path}: it outputs {n_out} values but lists {len(labels)} labels")
+            self._alert_idx = np.array([labels.index(a) for a in self.bundle.alert_labels], dtype=np.intp)
+
+    def infer(self, window: np.ndarray) -> np.ndarray:
+        """Raw dequantised model output for one normalised window ``(frames, n_features)`` float32."""
+        x = window.reshape(self._in_shape)
+        if self._in_scale:
+            q = np.rint(x / np.float32(self._in_scale)) + self._in_zero
+            info = np.iinfo(self._in_buf.dtype)
+            np.clip(q, info.min, info.max, out=q)
+            self._in_buf[...] = q
+        else:
+            self._in_buf[...] = x
+        self._interp.set_tensor(self._in["index"], self._in_buf)
+        self._interp.invoke()
+        y = self._interp.get_tensor(self._out["index"])
+        if self._out_scale:
+            return (y.astype(np.float32) - np.float32(self._out_zero)) * np.float32(self._out_scale)
+        return y.astype(np.float32)
+
+    def process(self, features: np.ndarray) -> float:
+        """Score one window of raw features ``(frames_per_window, n_features)`` float32; higher is more anomalous."""
+        x = normalise(self.bundle.spec, features)
+        y = self.infer(x).reshape(-1)
+        kind = self.bundle.kind
+        if kind == "autoencoder":
+            d = x.reshape(-1) - y
+            return float(np.mean(d * d))
+        if kind == "embedding":
+            d = y.astype(np.float64) - self._mean
+            return float(np.sqrt(max(d @ self._precision @ d, 0.0)))
+        probs = y.astype(np.float64)
+        if probs.min() < -1e-3 or abs(probs.sum() - 1.0) > 0.05:  # logits: apply softmax
+            e = np.exp(probs - probs.max())
+            probs = e / e.sum()
+        return float(probs[self._alert_idx].sum())
+
+    def probabilities(self, features: np.ndarray) -> np.ndarray:
+        """Classifier only: label probabilities for one window, in ``bundle.labels`` order."""
+        y = self.infer(normalise(self.bundle.spec, features)).reshape(-1).astype(np.float64)
+        if y.min() < -1e-3 or abs(y.sum() - 1.0) > 0.05:
+            e = np.exp(y - y.max())
+            y = e / e.sum()
+        return y
+
+    def process_many(self, windows: np.ndarray) -> np.ndarray:
+        """Scores of ``(n, frames, n_features)`` windows as ``(n,)`` float64."""
+        return np.array([self.process(w) for w in windows], dtype=np.float64)
+
+    def reset(self) -> None:
+        """Nothing to forget: each window is scored on its own."""
+
+    def close(self) -> None:
+        """Release the interpreter."""
+        self._interp = None
+
+
+def load_model(path: Union[str, Path], threads: int = 1, expect_rate_hz: Optional[int] = None) -> ModelRunner:
+    """Load and validate a bundle, ready to score. Raises ModelError with one clear sentence."""
+    bundle = ModelBundle(path)
+    if expect_rate_hz is not None and expect_rate_hz != bundle.spec.sample_rate:
+        raise ModelError(f"model {path}: it was trained at {bundle.spec.sample_rate} Hz "
+                         f"but the audio source delivers {expect_rate_hz} Hz")
+    return ModelRunner(bundle, threads=threads)
