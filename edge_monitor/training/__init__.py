@@ -1,0 +1,1 @@
+"""Training, datasets and evaluation. Imports TensorFlow lazily; never imported by the daemon."""
