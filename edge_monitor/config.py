@@ -138,6 +138,9 @@ class ClipsConfig:
     max_total_mb: float = _f(500.0, help="Keep at most this many MB of clips; the oldest are deleted", lo=1.0, hi=1_000_000.0)
 
 
+DEFAULT_STATE_DIR = "/var/lib/edge-monitor"
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     """One machine's whole configuration."""
@@ -149,6 +152,245 @@ class Config:
     health: HealthConfig = _f(factory=HealthConfig, help="Input health checks")
     mqtt: MqttConfig = _f(factory=MqttConfig, help="MQTT publishing")
     clips: ClipsConfig = _f(factory=ClipsConfig, help="Evidence clips")
-    state_dir: str = _f("/var/lib/edge-monitor", help="Folder for the outbox, clips and runtime state (systemd's StateDirectory)")
+    state_dir: str = _f(DEFAULT_STATE_DIR, help="Folder for the outbox, clips and runtime state (systemd's StateDirectory)")
     log_level: str = _f("info", help="debug, info, warning or error", choices=("debug", "info", "warning", "error"))
     source_file: str = dataclasses.field(default="", compare=False, metadata={"internal": True})
+
+
+# ---------------------------------------------------------------- loading
+
+class ConfigError(ValueError):
+    """Every problem found in one config file, each on its own line."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+_Path = tuple[Union[str, int], ...]
+
+
+def _node_to_python(node: yaml.Node, path: _Path, lines: dict[_Path, int], problems: list[str], fname: str) -> Any:
+    """Convert a composed YAML node to Python values, recording each key path's line (1-based)."""
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if key in out:
+                problems.append(f"{fname}:{key_node.start_mark.line + 1}: {_dotted(path + (key,))}: duplicate key")
+            out[key] = _node_to_python(value_node, path + (key,), lines, problems, fname)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_node_to_python(v, path + (i,), lines, problems, fname) for i, v in enumerate(node.value)]
+    return yaml.SafeLoader.construct_object(yaml.SafeLoader(""), node, deep=True)  # scalar
+
+
+def _dotted(path: _Path) -> str:
+    return ".".join(str(p) for p in path) or "(top level)"
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Union:
+        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None)) + " (or null)" \
+            if type(None) in typing.get_args(tp) else " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+class _Builder:
+    def __init__(self, fname: str, lines: dict[_Path, int]) -> None:
+        self.fname = fname
+        self.lines = lines
+        self.problems: list[str] = []
+
+    def err(self, path: _Path, value: Any, expected: str) -> None:
+        line = self.lines.get(path)
+        while line is None and path:
+            path = path[:-1]
+            line = self.lines.get(path)
+        where = f"{self.fname}:{line}" if line else self.fname
+        self.problems.append(f"{where}: {_dotted(path)}: got {value!r}; expected {expected}")
+
+    def build(self, cls: Any, data: Any, path: _Path) -> Any:
+        if not isinstance(data, dict):
+            self.err(path, data, f"a mapping of {', '.join(f.name for f in dataclasses.fields(cls) if not f.metadata.get('internal'))}")
+            return None
+        hints = typing.get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+        kwargs = {}
+        for key, value in data.items():
+            if key not in fields:
+                close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
+                hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(fields)})"
+                line = self.lines.get(path + (key,))
+                self.problems.append(f"{self.fname}:{line}: {_dotted(path + (key,))}: unknown key{hint}")
+                continue
+            ok, v = self.value(hints[key], value, path + (key,), fields[key].metadata)
+            if ok:
+                kwargs[key] = v
+        for name, f in fields.items():
+            if name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                line = self.lines.get(path)
+                self.problems.append(f"{self.fname}:{line}: {_dotted(path + (name,))}: missing; expected {_type_name(hints[name])}: {f.metadata.get('help', '')}")
+        try:
+            return cls(**kwargs)
+        except TypeError:
+            return None
+
+    def value(self, tp: Any, value: Any, path: _Path, meta: dict) -> tuple[bool, Any]:
+        origin = typing.get_origin(tp)
+        if origin is Union:
+            args = [a for a in typing.get_args(tp) if a is not type(None)]
+            if value is None and type(None) in typing.get_args(tp):
+                return True, None
+            for a in args:  # first matching alternative, without recording errors
+                trial = _Builder(self.fname, self.lines)
+                ok, v = trial.value(a, value, path, meta)
+                if ok and not trial.problems:
+                    return True, v
+            self.err(path, value, _type_name(tp))
+            return False, None
+        if dataclasses.is_dataclass(tp):
+            before = len(self.problems)
+            v = self.build(tp, value, path)
+            return v is not None and len(self.problems) == before, v
+        if origin is tuple:
+            item = typing.get_args(tp)[0]
+            seq = [value] if isinstance(value, (int, str)) and not isinstance(value, bool) else value
+            if not isinstance(seq, list) or not seq:
+                self.err(path, value, _type_name(tp))
+                return False, None
+            out = []
+            for i, v in enumerate(seq):
+                ok, x = self.value(item, v, path + (i,), meta)
+                if not ok:
+                    return False, None
+                out.append(x)
+            return True, tuple(out)
+        if tp is bool:
+            if not isinstance(value, bool):
+                self.err(path, value, "true or false")
+                return False, None
+            return True, value
+        if tp in (int, float):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (tp is int and not isinstance(value, int)):
+                self.err(path, value, _type_name(tp) + self._range(meta))
+                return False, None
+            if value != value or (meta.get("lo") is not None and value < meta["lo"]) or \
+                    (meta.get("hi") is not None and value > meta["hi"]):
+                self.err(path, value, _type_name(tp) + self._range(meta))
+                return False, None
+            return True, tp(value)
+        if tp is str:
+            if not isinstance(value, str):
+                self.err(path, value, "a string")
+                return False, None
+            if meta.get("choices") and value not in meta["choices"]:
+                self.err(path, value, "one of " + ", ".join(meta["choices"]))
+                return False, None
+            return True, value
+        return True, value
+
+    @staticmethod
+    def _range(meta: dict) -> str:
+        lo, hi = meta.get("lo"), meta.get("hi")
+        if lo is None and hi is None:
+            return ""
+        return f" between {lo:g} and {hi:g}" if lo is not None and hi is not None else \
+            (f" >= {lo:g}" if lo is not None else f" <= {hi:g}")
+
+
+_MACHINE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+def _semantic_checks(cfg: Config, b: _Builder) -> None:
+    if not _MACHINE_ID.match(cfg.machine.id):
+        b.err(("machine", "id"), cfg.machine.id, "1-64 letters, digits, '-' or '_' (it goes into MQTT topics)")
+    src = cfg.source
+    if src.type == "file" and not src.path:
+        b.err(("source", "path"), src.path, "a WAV file path when source.type is file")
+    if src.type == "serial" and not src.port:
+        b.err(("source", "port"), src.port, "a serial port (e.g. /dev/ttyACM0) when source.type is serial")
+    if any(c < 0 for c in src.channels):
+        b.err(("source", "channels"), list(src.channels), "channel indices >= 0")
+    d = cfg.detection
+    if d.trigger_k > d.trigger_n:
+        b.err(("detection", "trigger_k"), d.trigger_k, f"at most trigger_n ({d.trigger_n})")
+    if d.threshold is not None and d.threshold <= 0:
+        b.err(("detection", "threshold"), d.threshold, "a positive number (or null for the model's)")
+    if d.clear_threshold is not None:
+        if d.threshold is not None and d.clear_threshold > d.threshold:
+            b.err(("detection", "clear_threshold"), d.clear_threshold, f"at most threshold ({d.threshold})")
+    m = cfg.mqtt
+    if m.tls and (bool(m.tls.cert) != bool(m.tls.key)):
+        b.err(("mqtt", "tls"), "cert/key", "both cert and key, or neither")
+    if m.password_file and not m.username:
+        b.err(("mqtt", "username"), None, "a user name when password_file is set")
+
+
+def _resolve(base: Path, p: Optional[str]) -> Optional[str]:
+    if p is None or p.startswith("credential:"):
+        return p
+    q = Path(os.path.expanduser(p))
+    return str(q if q.is_absolute() else (base / q))
+
+
+def _state_dir(base: Path, configured: str) -> str:
+    # systemd's StateDirectory= wins over the built-in default, never over an explicit setting
+    env = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if env and configured == DEFAULT_STATE_DIR:
+        return env
+    return str(_resolve(base, configured))
+
+
+def parse_config(text: str, fname: str = "<config>", base_dir: Optional[Path] = None) -> Config:
+    """Parse YAML text into a Config, raising ConfigError listing every problem."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{fname}:{mark.line + 1}" if mark else fname
+        raise ConfigError([f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
+    if node is None:
+        raise ConfigError([f"{fname}: the file is empty; expected a mapping with machine, model, source, ..."])
+    lines: dict[_Path, int] = {}
+    problems: list[str] = []
+    data = _node_to_python(node, (), lines, problems, fname)
+    b = _Builder(fname, lines)
+    b.problems.extend(problems)
+    cfg = b.build(Config, data, ())
+    if cfg is not None and not b.problems:
+        _semantic_checks(cfg, b)
+    if b.problems or cfg is None:
+        raise ConfigError(b.problems or [f"{fname}: invalid configuration"])
+    base = base_dir or Path(".")
+    cfg = dataclasses.replace(
+        cfg,
+        model=dataclasses.replace(cfg.model, path=_resolve(base, cfg.model.path)),
+        source=dataclasses.replace(cfg.source, path=_resolve(base, cfg.source.path)),
+        state_dir=_state_dir(base, cfg.state_dir),
+        source_file=fname,
+    )
+    return cfg
+
+
+def load_config(path: Union[str, Path]) -> Config:
+    """Load and validate one machine's YAML file. Raises ConfigError listing every problem."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{p}: file not found"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{p}: cannot read it ({exc})"]) from None
+    return parse_config(text, str(p), p.resolve().parent)
+
+
+def with_threshold(cfg: Config, threshold: float) -> Config:
+    """A copy of ``cfg`` with a new detection threshold."""
+    return dataclasses.replace(cfg, detection=dataclasses.replace(cfg.detection, threshold=threshold))
