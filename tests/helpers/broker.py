@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import paho.mqtt.client as paho
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 HOST = "127.0.0.1"
@@ -154,6 +155,17 @@ class Mosquitto:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path):
+    """A running plain-TCP, anonymous mosquitto with persistence, stopped after the test."""
+    broker = Mosquitto(tmp_path / "broker")
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
 
 
 def _run(cmd: list[str], cwd: Path) -> None:
