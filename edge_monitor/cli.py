@@ -1,0 +1,220 @@
+"""The ``edge-monitor`` command. Exit codes: 0 ok, 1 runtime failure, 2 bad usage, config or model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Callable, Optional, Sequence
+
+from edge_monitor import __version__
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+_LOGGER = logging.getLogger("edge_monitor")
+
+
+def _setup_logging(level: str = "info") -> None:
+    # journald adds timestamps; keep lines short
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format="%(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+
+
+def _fail(msg: str, code: int = EXIT_USAGE) -> int:
+    print(f"edge-monitor: {msg}", file=sys.stderr)
+    return code
+
+
+# ---------------------------------------------------------------- verbs
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate a config (and that its model loads and fits)."""
+    from edge_monitor.config import ConfigError, load_config
+    from edge_monitor.model import ModelError, load_model
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        print(f"edge-monitor: {args.config}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        return EXIT_USAGE
+    if not args.skip_model:
+        try:
+            runner = load_model(cfg.model.path, expect_rate_hz=None)
+        except ModelError as exc:
+            return _fail(str(exc))
+        rate = runner.bundle.spec.sample_rate
+        if cfg.source.type == "serial" and cfg.source.sample_rate != rate:
+            return _fail(f"{args.config}: source.sample_rate is {cfg.source.sample_rate} Hz but the model "
+                         f"{cfg.model.path} expects {rate} Hz; set source.sample_rate: {rate}")
+        runner.close()
+    print(f"{args.config}: ok (machine {cfg.machine.id}, source {cfg.source.type}, model {cfg.model.path})")
+    return EXIT_OK
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """Score WAV files with a model."""
+    from edge_monitor.model import ModelError, load_model
+    from edge_monitor.scoring import ScoringError, score_file
+    try:
+        runner = load_model(args.model)
+    except ModelError as exc:
+        return _fail(str(exc))
+    channel = args.channel if args.channel is not None else "mean"
+    worst = EXIT_OK
+    for path in args.files:
+        try:
+            result = score_file(runner, path, threshold=args.threshold, window_hop_seconds=args.window_hop,
+                                channel=channel)
+        except ScoringError as exc:
+            print(f"edge-monitor: {exc}", file=sys.stderr)
+            worst = EXIT_USAGE
+            continue
+        if args.json:
+            print(json.dumps(result.to_json()))
+        else:
+            flag = "ANOMALOUS" if result.anomalous else "normal"
+            print(f"{result.score:10.4f}  {flag:9s}  {path}  (threshold {result.threshold:.4f}, "
+                  f"{len(result.windows)} windows, max {max(result.windows):.4f})")
+        sys.stdout.flush()
+    return worst
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Run the whole pipeline over a WAV and print the events the daemon would emit."""
+    from edge_monitor.replay import replay
+    return replay(args)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """The daemon."""
+    from edge_monitor.daemon import run_daemon
+    return run_daemon(args)
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    """List audio inputs and serial ports."""
+    try:
+        from edge_monitor.devices import format_devices, list_audio_inputs
+    except ImportError as exc:
+        return _fail(f"device listing is unavailable: {exc}", EXIT_FAILURE)
+    print(format_devices(list_audio_inputs()) if args.json is False else json.dumps(list_audio_inputs(), indent=2))
+    return EXIT_OK
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    """Capture training audio from the configured source."""
+    from edge_monitor.record import record
+    return record(args)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Measure the pipeline on this machine."""
+    from edge_monitor.bench import run_bench
+    return run_bench(args)
+
+
+def _training_verb(module: str, add: str, run: str) -> tuple[Callable, Callable]:
+    def add_args(p: argparse.ArgumentParser) -> None:
+        try:
+            mod = __import__(f"edge_monitor.training.{module}", fromlist=[add])
+        except ImportError as exc:
+            p.set_defaults(_import_error=str(exc))
+            return
+        getattr(mod, add)(p)
+
+    def call(args: argparse.Namespace) -> int:
+        if getattr(args, "_import_error", None):
+            return _fail(f"training needs the [train] extra (pip install 'edge-monitor[train]'): {args._import_error}",
+                         EXIT_FAILURE)
+        mod = __import__(f"edge_monitor.training.{module}", fromlist=[run])
+        return getattr(mod, run)(args)
+
+    return add_args, call
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every verb."""
+    p = argparse.ArgumentParser(prog="edge-monitor", description="Acoustic anomaly monitor for factory machines.")
+    p.add_argument("--version", action="version", version=f"edge-monitor {__version__}")
+    p.add_argument("--log-level", default=None, choices=("debug", "info", "warning", "error"))
+    sub = p.add_subparsers(dest="verb", metavar="VERB")
+
+    s = sub.add_parser("run", help="run the monitoring daemon")
+    s.add_argument("--config", "-c", action="append", required=True,
+                   help="machine config YAML (repeat for several machines sharing one gateway)")
+    s.add_argument("--print-events", action="store_true", help="also print events as JSON lines on stdout")
+    s.add_argument("--max-seconds", type=float, default=None, help="stop after this long (seconds; for tests)")
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("check-config", help="validate a machine config (used by ExecStartPre)")
+    s.add_argument("config")
+    s.add_argument("--skip-model", action="store_true", help="don't load the model")
+    s.set_defaults(func=cmd_check_config)
+
+    s = sub.add_parser("devices", help="list audio inputs and serial ports")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_devices)
+
+    s = sub.add_parser("record", help="capture training audio from the configured source")
+    s.add_argument("--config", "-c", required=True)
+    s.add_argument("--seconds", type=float, required=True, help="total length to record (seconds)")
+    s.add_argument("--out", required=True, help="output folder (one WAV per --clip-seconds)")
+    s.add_argument("--clip-seconds", type=float, default=10.0, help="length of each WAV (seconds)")
+    s.set_defaults(func=cmd_record)
+
+    for verb, module, add, run, help_text in (
+        ("train", "unsupervised", "add_train_arguments", "run_train",
+         "train an unsupervised model from normal recordings"),
+        ("train-classifier", "classifier", "add_train_classifier_arguments", "run_train_classifier",
+         "train a supervised classifier (labels = sub-folder names)"),
+        ("evaluate", "evaluate", "add_evaluate_arguments", "run_evaluate",
+         "AUC, pAUC, precision/recall and an HTML report with plots"),
+    ):
+        s = sub.add_parser(verb, help=help_text)
+        add_args, call = _training_verb(module, add, run)
+        add_args(s)
+        s.set_defaults(func=call)
+
+    s = sub.add_parser("score", help="score WAV files with a model")
+    s.add_argument("--model", "-m", required=True)
+    s.add_argument("files", nargs="+")
+    s.add_argument("--json", action="store_true", help="one JSON object per line per file")
+    s.add_argument("--threshold", type=float, default=None, help="override the model's threshold")
+    s.add_argument("--window-hop", type=float, default=0.5, help="seconds between scored windows")
+    s.add_argument("--channel", type=int, default=None, help="channel to use (default: mean of all)")
+    s.set_defaults(func=cmd_score)
+
+    s = sub.add_parser("replay", help="run the whole pipeline over a WAV and print the daemon's events")
+    s.add_argument("--config", "-c", required=True)
+    s.add_argument("file")
+    s.add_argument("--realtime", action="store_true", help="pace the file at real time")
+    s.add_argument("--scores", action="store_true", help="also print every window score")
+    s.add_argument("--start", default=None, help="UNIX time or ISO 8601 of the file's first sample (default now)")
+    s.set_defaults(func=cmd_replay)
+
+    s = sub.add_parser("bench", help="measure throughput, latency, memory and start-up on this machine")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--seconds", type=float, default=600.0, help="audio length for the throughput run (seconds)")
+    s.add_argument("--model", default=None, help="model bundle (default: the bundled demo)")
+    s.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``edge-monitor`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "verb", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    _setup_logging(args.log_level or "info")
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

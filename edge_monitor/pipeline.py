@@ -1,0 +1,181 @@
+"""One machine's processing chain: audio block → features → windows → model → detector → events.
+
+Pure and single-threaded: ``process`` takes a block (with its own timestamps) and
+returns the events it caused. The daemon runs one Pipeline per machine on its own
+thread; tests and ``replay`` call it directly.
+
+Data flow for one block::
+
+    Block.samples (frames, channels) float32
+      → select()               (n,) float32 mono: one channel or the mean of several
+      → StreamingExtractor     (new_frames, n_features) float32 log-mel / MFCC
+      → window assembly        every ``hop_frames`` frames, the last ``frames_per_window`` frames
+      → ModelRunner.process    float score per window (higher = more anomalous)
+      → Detector.process       AlertEvent / StateEvent / HealthEvent
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from edge_monitor.detector import Detector, DetectorSettings
+from edge_monitor.events import Event, ScoreEvent
+from edge_monitor.features import FeatureError, StreamingExtractor, to_mono_float
+from edge_monitor.model import ModelRunner
+from edge_monitor.sources.base import Block
+
+CLIP_LEVEL = 0.99  # |sample| at or above this counts as full scale (10-bit ADCs top out at 0.998)
+
+
+def rms_dbfs(mean_square: float) -> float:
+    """Mean square of float samples → RMS in dBFS (full-scale sine is -3 dBFS); -160 for silence."""
+    return 10.0 * math.log10(mean_square) if mean_square > 1e-16 else -160.0
+
+
+def detector_settings(cfg: Any, model_threshold: float) -> DetectorSettings:
+    """DetectorSettings from a Config's detection and health sections, defaulting to the model's threshold."""
+    d, h = cfg.detection, cfg.health
+    return DetectorSettings(
+        threshold=d.threshold if d.threshold is not None else model_threshold,
+        clear_threshold=d.clear_threshold, trigger_k=d.trigger_k, trigger_n=d.trigger_n,
+        clear_windows=d.clear_windows, cooldown_seconds=d.cooldown_seconds,
+        silence_dbfs=h.silence_dbfs, clipping_fraction=h.clipping_fraction)
+
+
+class Pipeline:
+    """Features, model and detector for one machine."""
+
+    def __init__(self, runner: ModelRunner, detector: Detector, *, channels: Sequence[int] = (0,),
+                 mix: str = "mean", window_hop_seconds: float = 0.5) -> None:
+        self.runner = runner
+        self.detector = detector
+        self.spec = runner.bundle.spec
+        self.channels = tuple(channels)
+        self.mix = mix
+        self.hop_frames = max(1, int(round(window_hop_seconds / self.spec.hop_seconds)))
+        self.extractor = StreamingExtractor(self.spec)
+        self._hops_per_frame = max(1, self.spec.n_fft // self.spec.hop_length)
+        self.windows_scored = 0
+        self.last_score: Optional[float] = None
+        self.last_rms_dbfs = -160.0
+        self.reset()
+
+    @classmethod
+    def from_config(cls, cfg: Any, runner: ModelRunner, id_factory: Any = None) -> "Pipeline":
+        """Build from a Config and a loaded model."""
+        kwargs = {"id_factory": id_factory} if id_factory else {}
+        det = Detector(detector_settings(cfg, runner.bundle.threshold), cfg.machine.id, runner.bundle.ident, **kwargs)
+        return cls(runner, det, channels=cfg.source.channels, mix=cfg.source.mix,
+                   window_hop_seconds=cfg.detection.window_hop_seconds)
+
+    def reset(self) -> None:
+        """Forget buffered audio and features (after a source restart). The detector keeps its state."""
+        self.extractor.reset()
+        w, f = self.spec.frames_per_window, self.spec.n_features
+        self._history = np.zeros((0, f), dtype=np.float32)  # last (w - 1) feature rows
+        self._frames_seen = 0
+        self._samples_seen = 0
+        self._stat_pending = np.zeros(0, dtype=np.float32)
+        self._hop_sumsq = np.zeros(0, dtype=np.float64)      # per-hop sum of squares, recent hops only
+        self._hop_clipped = np.zeros(0, dtype=np.int64)
+        self._hop_base = 0                                    # global index of _hop_sumsq[0]
+        del w
+
+    def select(self, samples: np.ndarray) -> np.ndarray:
+        """Pick this machine's channel(s) from a ``(frames, channels)`` block → ``(frames,)`` float32."""
+        if samples.ndim == 1:
+            return to_mono_float(samples)
+        if self.mix == "first" or len(self.channels) == 1:
+            return to_mono_float(samples, self.channels[0])
+        return to_mono_float(samples, self.channels)
+
+    def process(self, block: Block) -> list[Event]:
+        """Process one block from a source; returns the events it caused."""
+        if block.sample_rate != self.spec.sample_rate:
+            raise FeatureError(f"the source delivers {block.sample_rate} Hz but the model expects "
+                               f"{self.spec.sample_rate} Hz")
+        return self.process_mono(self.select(block.samples), block.t_s)
+
+    def process_mono(self, mono: np.ndarray, t_s: float) -> list[Event]:
+        """Process mono float32 samples whose first sample was taken at UNIX time ``t_s``."""
+        sr = self.spec.sample_rate
+        t_origin = t_s - self._samples_seen / sr
+        self._samples_seen += mono.size
+        self._update_hop_stats(mono)
+        feats = self.extractor.process(mono)
+        if feats.shape[0] == 0:
+            return []
+        w, hop = self.spec.frames_per_window, self.hop_frames
+        first = self._frames_seen                      # global index of feats[0]
+        self._frames_seen += feats.shape[0]
+        rows = np.concatenate((self._history, feats)) if self._history.shape[0] else feats
+        rows_base = first - self._history.shape[0]     # global index of rows[0]
+        events: list[Event] = []
+        # windows end at global frame e (exclusive) with e >= w and (e - w) % hop == 0
+        e = max(w, first + 1)
+        e += (-(e - w)) % hop
+        while e <= self._frames_seen:
+            window = rows[e - w - rows_base:e - rows_base]
+            end_sample = (e - 1) * self.spec.hop_length + self.spec.n_fft
+            t_end = t_origin + end_sample / sr
+            events += self._score_window(window, e, t_end)
+            e += hop
+        self._history = rows[-(w - 1):].copy() if w > 1 else rows[:0].copy()
+        return events
+
+    def _update_hop_stats(self, mono: np.ndarray) -> None:
+        hop = self.spec.hop_length
+        buf = np.concatenate((self._stat_pending, mono)) if self._stat_pending.size else mono
+        n = buf.size // hop
+        if n:
+            blocks = buf[:n * hop].reshape(n, hop).astype(np.float64)
+            sumsq = np.einsum("ij,ij->i", blocks, blocks)
+            clipped = (np.abs(blocks) >= CLIP_LEVEL).sum(axis=1)
+            keep = self.spec.frames_per_window + self._hops_per_frame + self.hop_frames + 4
+            self._hop_sumsq = np.concatenate((self._hop_sumsq, sumsq))
+            self._hop_clipped = np.concatenate((self._hop_clipped, clipped))
+            drop = max(0, self._hop_sumsq.size - keep)
+            if drop:
+                self._hop_sumsq = self._hop_sumsq[drop:]
+                self._hop_clipped = self._hop_clipped[drop:]
+                self._hop_base += drop
+        self._stat_pending = buf[n * hop:].copy()
+
+    def _window_levels(self, end_frame: int) -> tuple[float, float]:
+        """(RMS dBFS, clipped fraction) of the audio under frames [end_frame - w, end_frame)."""
+        first_hop = end_frame - self.spec.frames_per_window - self._hop_base
+        last_hop = end_frame - 1 + self._hops_per_frame - self._hop_base
+        lo, hi = max(0, first_hop), min(self._hop_sumsq.size, last_hop)
+        if hi <= lo:
+            return -160.0, 0.0
+        n = (hi - lo) * self.spec.hop_length
+        return rms_dbfs(float(self._hop_sumsq[lo:hi].sum()) / n), float(self._hop_clipped[lo:hi].sum()) / n
+
+    def _score_window(self, window: np.ndarray, end_frame: int, t_end: float) -> list[Event]:
+        level_dbfs, clip_fraction = self._window_levels(end_frame)
+        self.last_rms_dbfs = level_dbfs
+        settings = self.detector.settings
+        score: Optional[float] = None
+        latency_ms = 0.0
+        if level_dbfs >= settings.silence_dbfs:
+            t0 = time.perf_counter()
+            score = self.runner.process(window)
+            latency_ms = (time.perf_counter() - t0) * 1e3
+            self.windows_scored += 1
+            self.last_score = score
+        events = self.detector.process(score, t_end, level_dbfs, clip_fraction)
+        if score is not None:
+            events.append(ScoreEvent(self.detector.machine, t_end, score, settings.threshold, level_dbfs, latency_ms))
+        return events
+
+    def update_settings(self, settings: DetectorSettings) -> None:
+        """Reload detector settings without touching audio state."""
+        self.detector.update_settings(settings)
+
+    def close(self) -> None:
+        """Release the model."""
+        self.runner.close()
