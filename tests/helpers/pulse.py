@@ -1,0 +1,244 @@
+"""A private PulseAudio server with a null sink, for real-audio tests without a sound card.
+
+Follows DESIGN.md's recipe: a root PulseAudio with ``XDG_RUNTIME_DIR`` and ``HOME``
+in private temporary folders, a ``module-null-sink`` called ``vsink`` whose
+monitor is the default source, and a ``pacat </dev/zero`` player that keeps the
+sink (and so its monitor) clocked. PortAudio reaches it through ALSA's pulse
+plugin: the private ``HOME`` gets an ``.asoundrc`` that makes the ``default``
+PCM the pulse plugin, so this does not depend on the system's ALSA hooks.
+
+Use the ``pulse_server`` fixture (16 kHz mono) or ``pulse_factory`` for other
+rates and channel counts, and import them explicitly in the test module::
+
+    from tests.helpers.pulse import pulse_server, pulse_factory  # noqa: F401
+
+Packages: ``pulseaudio pulseaudio-utils libasound2-plugins libportaudio2``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import wave
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+import pytest
+
+SINK_NAME = "vsink"
+_START_TIMEOUT_SECONDS = 20.0
+
+_ASOUNDRC = """\
+# Written by tests/helpers/pulse.py: route ALSA's default PCM to PulseAudio.
+pcm.!default {
+    type pulse
+    hint.description "Default ALSA device via the private PulseAudio"
+}
+ctl.!default {
+    type pulse
+}
+"""
+
+_ENV_KEYS = ("XDG_RUNTIME_DIR", "HOME", "PULSE_SERVER")
+
+
+def pulse_available() -> bool:
+    """True when the PulseAudio binaries this helper needs are installed."""
+    return all(shutil.which(tool) for tool in ("pulseaudio", "pactl", "pacat", "paplay"))
+
+
+def rescan_portaudio() -> None:
+    """Make PortAudio enumerate devices again (it only does so at Pa_Initialize).
+
+    Call only when no stream is open in this process.
+    """
+    import sounddevice
+
+    sounddevice._terminate()
+    sounddevice._initialize()
+
+
+def write_wav(path: Path, samples_int16: np.ndarray, sample_rate_hz: int) -> Path:
+    """Write ``(frames,)`` or ``(frames, channels)`` int16 samples as a PCM WAV file."""
+    data = np.asarray(samples_int16, dtype=np.int16)
+    if data.ndim == 1:
+        data = data[:, None]
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(data.shape[1])
+        wav.setsampwidth(2)
+        wav.setframerate(sample_rate_hz)
+        wav.writeframes(np.ascontiguousarray(data).tobytes())
+    return path
+
+
+class PulseServer:
+    """One private PulseAudio daemon with a clocked null sink ``vsink``."""
+
+    def __init__(self, root_dir: Path, rate_hz: int = 16000, channels: int = 1):
+        """Prepare (but do not start) a server living under ``root_dir``."""
+        self.rate_hz = rate_hz
+        self.channels = channels
+        self.root_dir = Path(root_dir)
+        self.runtime_dir = self.root_dir / "run"
+        self.home_dir = self.root_dir / "home"
+        self.log_path = self.root_dir / "pulseaudio.log"
+        self._daemon: Optional[subprocess.Popen] = None
+        self._clock: Optional[subprocess.Popen] = None
+        self._log_file = None
+        self._zero_file = None
+        for folder in (self.runtime_dir, self.home_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+            folder.chmod(0o700)
+        (self.home_dir / ".asoundrc").write_text(_ASOUNDRC)
+
+    @property
+    def env(self) -> dict:
+        """Environment variables that point clients (and ALSA's pulse plugin) at this server."""
+        return {
+            "XDG_RUNTIME_DIR": str(self.runtime_dir),
+            "HOME": str(self.home_dir),
+            "PULSE_SERVER": f"unix:{self.runtime_dir / 'pulse' / 'native'}",
+        }
+
+    def _child_env(self) -> dict:
+        merged = dict(os.environ)
+        merged.update(self.env)
+        return merged
+
+    def _pactl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run(["pactl", *args], env=self._child_env(), capture_output=True,
+                              text=True, timeout=15, check=check)
+
+    @property
+    def running(self) -> bool:
+        """True while the daemon process is alive."""
+        return self._daemon is not None and self._daemon.poll() is None
+
+    def start(self) -> None:
+        """Start the daemon, make ``vsink.monitor`` the default source and clock the sink."""
+        if self.running:
+            return
+        self._log_file = open(self.log_path, "ab")
+        sink_args = f"module-null-sink sink_name={SINK_NAME} rate={self.rate_hz} channels={self.channels}"
+        self._daemon = subprocess.Popen(
+            ["pulseaudio", "-n", "--daemonize=no", "--exit-idle-time=-1",
+             "-L", "module-native-protocol-unix", "-L", sink_args],
+            env=self._child_env(), stdout=self._log_file, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + _START_TIMEOUT_SECONDS
+        while True:
+            if self._daemon.poll() is not None:
+                raise RuntimeError(f"pulseaudio exited with {self._daemon.returncode}; see {self.log_path}")
+            if self._pactl("info", check=False).returncode == 0:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"pulseaudio did not answer within {_START_TIMEOUT_SECONDS} s; see {self.log_path}")
+            time.sleep(0.05)
+        self._pactl("set-default-source", f"{SINK_NAME}.monitor")
+        self._pactl("set-default-sink", SINK_NAME)
+        self._zero_file = open("/dev/zero", "rb")
+        self._clock = subprocess.Popen(
+            ["pacat", "-p", "-d", SINK_NAME, f"--rate={self.rate_hz}", f"--channels={self.channels}",
+             "--format=s16le"],
+            env=self._child_env(), stdin=self._zero_file, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+
+    def kill(self) -> None:
+        """Kill the daemon abruptly (SIGKILL), as when a USB microphone is pulled out."""
+        for proc in (self._clock, self._daemon):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+        for proc in (self._clock, self._daemon):
+            if proc is not None:
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    pass
+        self._clock = None
+        self._daemon = None
+        for handle in (self._log_file, self._zero_file):
+            if handle is not None:
+                handle.close()
+        self._log_file = None
+        self._zero_file = None
+        # A killed daemon leaves its pid file and socket behind; the next start must not trip on them.
+        shutil.rmtree(self.runtime_dir / "pulse", ignore_errors=True)
+
+    def stop(self) -> None:
+        """Stop the daemon and its clock player."""
+        self.kill()
+
+    def restart(self) -> None:
+        """Kill and start the daemon again (same folders, same sink)."""
+        self.kill()
+        self.start()
+
+    def play_wav(self, path: Path, timeout_s: float = 60.0) -> None:
+        """Play a WAV file into the null sink and wait until it has been played."""
+        subprocess.run(["paplay", f"--device={SINK_NAME}", str(path)], env=self._child_env(),
+                       check=True, timeout=timeout_s, capture_output=True)
+
+    def play_wav_async(self, path: Path) -> subprocess.Popen:
+        """Start playing a WAV file into the null sink; returns the ``paplay`` process."""
+        return subprocess.Popen(["paplay", f"--device={SINK_NAME}", str(path)], env=self._child_env(),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+class _EnvGuard:
+    """Sets the server's variables in this process's environment and restores them afterwards."""
+
+    def __init__(self, server: PulseServer):
+        self._saved = {key: os.environ.get(key) for key in _ENV_KEYS}
+        os.environ.update(server.env)
+
+    def restore(self) -> None:
+        for key, value in self._saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture
+def pulse_factory(tmp_path_factory) -> Iterator[Callable[..., PulseServer]]:
+    """Factory fixture: ``pulse_factory(rate_hz=48000, channels=2)`` starts a private server.
+
+    The test process's ``XDG_RUNTIME_DIR``, ``HOME`` and ``PULSE_SERVER`` point at the
+    newest server (so ALSA's pulse plugin inside PortAudio finds it) and PortAudio is
+    re-initialised so it sees the server's devices. Everything is undone afterwards.
+    """
+    if not pulse_available():
+        pytest.skip("PulseAudio (pulseaudio, pulseaudio-utils) is not installed")
+    try:
+        import sounddevice  # noqa: F401
+    except OSError as exc:
+        pytest.skip(f"PortAudio is not installed: {exc}")
+    servers: list[PulseServer] = []
+    guards: list[_EnvGuard] = []
+
+    def make(rate_hz: int = 16000, channels: int = 1) -> PulseServer:
+        server = PulseServer(tmp_path_factory.mktemp("pulse"), rate_hz=rate_hz, channels=channels)
+        server.start()
+        servers.append(server)
+        guards.append(_EnvGuard(server))
+        rescan_portaudio()
+        return server
+
+    yield make
+    for server in reversed(servers):
+        server.stop()
+    for guard in reversed(guards):
+        guard.restore()
+    if servers:
+        rescan_portaudio()
+
+
+@pytest.fixture
+def pulse_server(pulse_factory) -> PulseServer:
+    """A private PulseAudio with a 16 kHz mono null sink ``vsink`` and ``vsink.monitor`` as default source."""
+    return pulse_factory()
