@@ -128,6 +128,9 @@ def test_sysusers_and_tmpfiles_in_a_scratch_root(tmp_path: Path) -> None:
     (conf / "fan.mqtt-password").write_text("secret\n")
     (conf / "fan.mqtt-password").chmod(0o644)
     (conf / "models" / "fan.tflite").write_bytes(b"model")
+    (conf / "tls").mkdir()
+    (conf / "tls" / "client.key").write_text("key")
+    (conf / "tls" / "client.key").chmod(0o600)
     subprocess.run(["systemd-tmpfiles", f"--root={root}", "--create", str(TMPFILES)],
                    check=True, capture_output=True, timeout=100)
 
@@ -139,4 +142,6 @@ def test_sysusers_and_tmpfiles_in_a_scratch_root(tmp_path: Path) -> None:
     assert mode_and_owner(conf / "models") == (0o750, 0, service_gid)
     assert mode_and_owner(conf / "fan.yaml") == (0o640, 0, service_gid)
     assert mode_and_owner(conf / "models" / "fan.tflite") == (0o640, 0, service_gid)
+    assert mode_and_owner(conf / "tls") == (0o750, 0, service_gid)
+    assert mode_and_owner(conf / "tls" / "client.key") == (0o640, 0, service_gid)
     assert mode_and_owner(conf / "fan.mqtt-password") == (0o600, 0, 0)
