@@ -139,7 +139,7 @@ def instance_parameters(machine: str, instance: int = 0) -> dict[str, Any]:
         p["travel_fraction"] = vary(0.38, 0.12)
         p["whine_hz"] = vary(450.0, 0.3)
         p["knock_hz"] = vary(900.0, 0.3)
-        p["friction_center_hz"] = vary(2500.0, 0.3)
+        p["friction_center_hz"] = vary(2000.0, 0.3)
     elif machine == "valve":
         p["cycle_period_s"] = vary(1.1, 0.4)
         p["open_fraction"] = vary(0.4, 0.2)
@@ -577,7 +577,7 @@ def _slider(sc: _Scene) -> _Sound:
     whine = velocity * _harmonics(whine_phase, (1.0, 0.4, 0.2), rng.uniform(0, _TWO_PI, 3),
                                   p["whine_hz"] * float(sc.speed.max()), fs)
     spectrum = _Spectrum(rng, n, fs)
-    rub = sc.flow(spectrum, _highpass(spectrum.f, 900.0, 2) * _lowpass(spectrum.f, 5500.0, 2)
+    rub = sc.flow(spectrum, _highpass(spectrum.f, 700.0, 2) * _lowpass(spectrum.f, 4000.0, 3)
                   * (0.4 + _peak(spectrum.f, p["friction_center_hz"], 1.5)))
     wobble = 1.0 + 0.3 * _slow_noise(rng, n, fs, 8.0)
     rub = rub * (velocity ** 0.7 + 0.03) * np.clip(wobble, 0.2, None)
@@ -662,11 +662,11 @@ def _apply_anomalies(sound: _Sound, sc: _Scene, controls: dict[str, tuple[np.nda
                            + 0.7 * np.sin(0.5 * sound.shaft_phase + rng.uniform(0, _TWO_PI)))
             x = x + presence * _db(-34.0 + 24.0 * sev) * wobble
         elif name == "bearing":
-            x = x + presence * _db(-30.0 + 22.0 * sev) * sound.activity * _bearing(sound, sc, rng)
+            x = x + presence * _db(-30.0 + 30.0 * sev) * sound.activity * _bearing(sound, sc, rng)
         elif name == "leak":
-            x = x + presence * _db(-30.0 + 26.0 * sev) * _leak(sc, rng)
+            x = x + presence * _db(-30.0 + 30.0 * sev) * _leak(sc, rng)
         elif name == "chatter":
-            x = x + presence * _db(-30.0 + 22.0 * sev) * _chatter(sc, rng)
+            x = x + presence * _db(-30.0 + 30.0 * sev) * _chatter(sc, rng)
     return x
 
 
@@ -718,8 +718,8 @@ def _background(rng: np.random.Generator, n: int, fs: float, mains_hz: float) ->
     pink = spectrum.shaped(_pink(f, 20.0) * _highpass(f, 15.0, 2) * _lowpass(f, 8000.0, 1))
     brown = _Spectrum(rng, n, fs).shaped(_brown(f, 15.0) * _highpass(f, 12.0, 2))
     t = np.arange(n) / fs
-    hum = _harmonics(_TWO_PI * mains_hz * t, tuple(rng.uniform(0.2, 1.0, 6)), rng.uniform(0, _TWO_PI, 6),
-                     mains_hz, fs)
+    hum_amps = (1.0,) + tuple(rng.uniform(0.1, 0.7, 5))
+    hum = _harmonics(_TWO_PI * mains_hz * t, hum_amps, rng.uniform(0, _TWO_PI, 6), mains_hz, fs)
     distant_hz = rng.uniform(15.0, 45.0)
     distant_phase = _phase(distant_hz, 1.0 + 0.004 * _slow_noise(rng, n, fs, 0.2), fs, rng.uniform(0, _TWO_PI))
     distant_amps = tuple(float(rng.uniform(0.3, 1.0) / k) for k in range(1, 13))
@@ -737,5 +737,5 @@ def _background(rng: np.random.Generator, n: int, fs: float, mains_hz: float) ->
                 break
             seg = kernel[: n - at]
             clatter[at:at + seg.size] += rng.lognormal(1.0, 0.5) * seg
-    noise = _mix([(0.6, pink), (0.5, brown), (0.2, hum), (0.3, distant)])
-    return _unit(noise + 0.5 * clatter)
+    noise = _mix([(0.6, pink), (0.5, brown), (0.3, hum), (0.3, distant)])
+    return _unit(noise + 1.5 * clatter)
