@@ -16,7 +16,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from typing import Mapping, Optional
+from collections.abc import Mapping
+from typing import Optional
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -8,8 +8,9 @@ import subprocess
 import tracemalloc
 import uuid
 import wave
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import numpy as np
 import pytest

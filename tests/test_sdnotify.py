@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -64,7 +64,7 @@ def test_abstract_socket_and_multi_line_notify(abstract_socket: socket.socket) -
 @pytest.mark.timeout(30)
 def test_status_is_kept_on_one_line_and_utf8(path_socket: socket.socket) -> None:
     assert sdnotify.status("source lost\nretrying in 2 s — ok") is True
-    assert _receive(path_socket) == "STATUS=source lost retrying in 2 s — ok".encode("utf-8")
+    assert _receive(path_socket) == "STATUS=source lost retrying in 2 s — ok".encode()
 
 
 def test_no_op_outside_systemd(monkeypatch: pytest.MonkeyPatch) -> None:
