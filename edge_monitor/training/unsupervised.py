@@ -1,0 +1,554 @@
+"""``edge-monitor train``: an unsupervised per-machine detector from normal recordings only.
+
+Steps (each reported through ``progress``)::
+
+    read WAVs (mono mix or chosen channels, 16 kHz)  -> hold out ~20% for calibration
+    log-mel features, normalisation fitted on the training part
+    train the model (method below) for a fixed epoch budget, single-threaded, seeded
+    full-int8 TFLite conversion with a representative dataset (batch size 1)
+    score the held-out normals with the int8 model exactly as the daemon does
+    threshold at the user's false-alarm target (edge_monitor.training.calibrate)
+    write the bundle (metadata per edge_monitor.bundle)
+
+Methods (chosen by measurement, see docs/detection.md):
+
+* ``stats``: Mahalanobis distance of per-band log-mel mean and standard deviation
+  over a 1 s window (kind ``embedding``). Default.
+* ``oe_cnn``: CNN embedding trained to separate the machine's normal windows from
+  synthetic spectral faults applied to them (outlier exposure), Mahalanobis on
+  its embedding (kind ``embedding``).
+* ``conv_ae``: convolutional autoencoder on 32 x 64 log-mel patches (kind ``autoencoder``).
+* ``dense_ae``: the DCASE 2020 baseline, dense autoencoder on 5 stacked frames of
+  128 mels (kind ``autoencoder``).
+
+Held-out split: with 5 or more files every fifth file (sorted by path) is held
+out; with fewer, the last 20% of every file is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import numpy as np
+
+from edge_monitor.features import FeatureError, FeatureSpec, extract, to_mono_float, windows
+from edge_monitor.wavio import WavError, read_wav
+
+_LOGGER = logging.getLogger(__name__)
+
+METHODS = ("stats", "oe_cnn", "conv_ae", "dense_ae")
+DEFAULT_METHOD = "stats"
+MIN_TRAIN_SECONDS = 10.0
+RECOMMENDED_TRAIN_SECONDS = 60.0
+HELDOUT_FRACTION = 0.2
+MAX_TRAIN_WINDOWS = 6000           # deterministic subsample above this (keeps 10 min under 2 min of training)
+REPRESENTATIVE_WINDOWS = 200
+
+_SPECS = {
+    "stats": FeatureSpec(n_mels=64, frames_per_window=32),
+    "oe_cnn": FeatureSpec(n_mels=64, frames_per_window=32),
+    "conv_ae": FeatureSpec(n_mels=64, frames_per_window=32),
+    "dense_ae": FeatureSpec(n_mels=128, frames_per_window=5),
+}
+_TRAIN_HOP_FRAMES = {"stats": 2, "oe_cnn": 4, "conv_ae": 4, "dense_ae": 1}
+_DEFAULT_EPOCHS = {"stats": 0, "oe_cnn": 12, "conv_ae": 30, "dense_ae": 40}
+
+Progress = Callable[[str], None]
+
+
+class TrainingInputError(ValueError):
+    """Unusable training input (no files, unreadable WAV, wrong rate, too little audio). One clear sentence."""
+
+
+@dataclasses.dataclass
+class _Clip:
+    path: str
+    audio: np.ndarray  # (n,) float32 mono
+
+
+# ---------------------------------------------------------------- input
+
+def find_wavs(paths: Sequence[Union[str, Path]]) -> list[Path]:
+    """WAV files named directly or found (recursively) under directories, sorted per argument."""
+    out: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            found = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() == ".wav")
+            if not found:
+                raise TrainingInputError(f"{p}: no .wav files in this directory")
+            out.extend(found)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise TrainingInputError(f"{p}: no such file or directory")
+    return out
+
+
+def load_clips(paths: Sequence[Path], sample_rate_hz: int, channel: Any = "mean") -> list[_Clip]:
+    """Read every WAV as mono float32; TrainingInputError names the first bad file."""
+    clips = []
+    for p in paths:
+        try:
+            audio, rate = read_wav(p)
+        except WavError as exc:
+            raise TrainingInputError(str(exc)) from None
+        except OSError as exc:
+            raise TrainingInputError(f"{p}: cannot read it ({exc.strerror})") from None
+        if int(rate) != int(sample_rate_hz):
+            raise TrainingInputError(f"{p}: sampled at {rate} Hz but training needs {sample_rate_hz} Hz; "
+                                     f"resample it first (e.g. `sox in.wav -r {sample_rate_hz} out.wav`)")
+        try:
+            mono = to_mono_float(audio, channel)
+        except FeatureError as exc:
+            raise TrainingInputError(f"{p}: {exc}") from None
+        clips.append(_Clip(str(p), np.ascontiguousarray(mono, dtype=np.float32)))
+    return clips
+
+
+def split_heldout(clips: list[_Clip], fraction: float = HELDOUT_FRACTION) -> tuple[list[_Clip], list[_Clip]]:
+    """``(train, heldout)``: every 1/fraction-th file when there are >= 5 files, else the tail of each file."""
+    every = max(2, int(round(1.0 / fraction)))
+    if len(clips) >= 5:
+        held = [c for i, c in enumerate(clips) if i % every == every - 1]
+        train = [c for i, c in enumerate(clips) if i % every != every - 1]
+        return train, held
+    train, held = [], []
+    for c in clips:
+        cut = int(round(c.audio.size * (1.0 - fraction)))
+        train.append(_Clip(c.path + f"[0:{cut}]", c.audio[:cut]))
+        held.append(_Clip(c.path + f"[{cut}:]", c.audio[cut:]))
+    return train, held
+
+
+def parse_channel(text: str) -> Any:
+    """``mean`` | ``N`` | ``N,M,...`` (averaged) -> the ``channel`` argument of ``to_mono_float``."""
+    t = str(text).strip().lower()
+    if t == "mean":
+        return "mean"
+    try:
+        idx = [int(x) for x in t.split(",")]
+    except ValueError:
+        raise TrainingInputError(f"--channel must be 'mean', an index or a comma-separated list, got {text!r}") from None
+    return idx[0] if len(idx) == 1 else tuple(idx)
+
+
+# ---------------------------------------------------------------- features and augmentation
+
+def _fit_norm(feats: list[np.ndarray]) -> tuple[float, float]:
+    allf = np.concatenate(feats, axis=0).astype(np.float64)
+    return float(allf.mean()), float(max(allf.std(), 1e-3))
+
+
+def _window_stack(spec: FeatureSpec, feats: list[np.ndarray], hop_frames: int) -> np.ndarray:
+    parts = [np.array(windows(spec, f, hop_frames)) for f in feats]
+    parts = [p for p in parts if p.shape[0]]
+    if not parts:
+        return np.zeros((0, spec.frames_per_window, spec.n_features), np.float32)
+    return np.concatenate(parts, axis=0).astype(np.float32)
+
+
+def _subsample(x: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
+    if x.shape[0] <= limit:
+        return x
+    return x[np.sort(rng.choice(x.shape[0], limit, replace=False))]
+
+
+AUGMENTATIONS = ("tone", "hiss", "impulses", "modulation", "tilt")
+
+
+def augment_db(window_db: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
+    """A SYNTHETIC spectral fault applied to a ``(frames, mels)`` dB window (outlier exposure and representative data)."""
+    x = np.array(window_db, dtype=np.float64)
+    t, f = x.shape
+    level = np.median(x, axis=0)
+
+    def add_power(db: np.ndarray, add_db: np.ndarray) -> np.ndarray:
+        return 10.0 * np.log10(10.0 ** (db / 10.0) + 10.0 ** (add_db / 10.0))
+
+    if kind == "tone":
+        b = int(rng.integers(0, f))
+        width = int(rng.integers(1, 3))
+        sl = slice(b, min(f, b + width))
+        x[:, sl] = add_power(x[:, sl], level[sl] + rng.uniform(0.0, 12.0))
+    elif kind == "hiss":
+        c = int(rng.integers(f // 4, f - 2))
+        add = level[c:].mean() + rng.uniform(-3.0, 8.0) + rng.normal(0, 1.0, (t, f - c))
+        x[:, c:] = add_power(x[:, c:], add)
+    elif kind == "impulses":
+        lo = int(rng.integers(0, f // 2))
+        hi = int(rng.integers(lo + f // 4, f + 1))
+        for fr in rng.choice(t, int(rng.integers(1, 5)), replace=False):
+            x[fr, lo:hi] = add_power(x[fr, lo:hi], level[lo:hi] + rng.uniform(3.0, 18.0))
+    elif kind == "modulation":
+        period = rng.uniform(2.0, 10.0)
+        depth = rng.uniform(1.0, 6.0)
+        x += depth * np.sin(2 * np.pi * np.arange(t) / period + rng.uniform(0, 2 * np.pi))[:, None]
+    elif kind == "tilt":
+        x += rng.choice([-1.0, 1.0]) * rng.uniform(3.0, 10.0) * (np.arange(f) / (f - 1) - 0.5)[None, :]
+    else:
+        raise ValueError(f"unknown augmentation {kind!r}")
+    return x.astype(np.float32)
+
+
+def _augmented(raw_windows: np.ndarray, per_kind: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``(windows_db, class ids 1..)`` with ``per_kind`` random windows per augmentation."""
+    xs, ys = [], []
+    for ci, kind in enumerate(AUGMENTATIONS, start=1):
+        for i in rng.choice(raw_windows.shape[0], per_kind, replace=raw_windows.shape[0] < per_kind):
+            xs.append(augment_db(raw_windows[i], kind, rng))
+            ys.append(ci)
+    return np.stack(xs).astype(np.float32), np.asarray(ys, np.int32)
+
+
+# ---------------------------------------------------------------- TensorFlow setup
+
+def _setup_tf(seed: int) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # already initialised in this process: keep its setting
+        _LOGGER.debug("TensorFlow threads already configured")
+    tf.keras.utils.set_random_seed(int(seed))
+
+
+def _epoch_logger(progress: Progress, name: str, epochs: int) -> Any:
+    import keras
+
+    class _Log(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
+            loss = (logs or {}).get("loss", float("nan"))
+            progress(f"  {name} epoch {epoch + 1}/{epochs} loss {loss:.4f}")
+
+    return _Log()
+
+
+def _copy_to_batch1(model: Any, builder: Callable[..., Any]) -> Any:
+    """Rebuild with a fixed batch size of 1 (needed for int8 conversion of upsampling) and copy weights."""
+    fixed = builder(batch_size=1)
+    fixed.set_weights(model.get_weights())
+    return fixed
+
+
+# ---------------------------------------------------------------- methods
+
+@dataclasses.dataclass
+class _Trained:
+    export_model: Any
+    kind: str
+    epochs: int
+    final_loss: Optional[float]
+
+
+def _train_autoencoder(method: str, x: np.ndarray, epochs: int, progress: Progress) -> _Trained:
+    import keras
+
+    from edge_monitor.training import models
+
+    frames, nf = x.shape[1:]
+    if method == "conv_ae":
+        def build(batch_size: Optional[int] = None) -> Any:
+            return models.conv_autoencoder(frames, nf, batch_size=batch_size)
+        batch = 32
+    else:
+        def build(batch_size: Optional[int] = None) -> Any:
+            return models.dense_autoencoder(frames, nf, batch_size=batch_size)
+        batch = 64
+    model = build()
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    hist = model.fit(x, x, batch_size=batch, epochs=epochs, shuffle=True, verbose=0,
+                     callbacks=[_epoch_logger(progress, method, epochs)])
+    losses = hist.history.get("loss") or [None]
+    return _Trained(_copy_to_batch1(model, build), "autoencoder", epochs, losses[-1])
+
+
+def _train_stats(x: np.ndarray) -> _Trained:
+    from edge_monitor.training import models
+
+    pooled = models.mean_std_pool(x)
+    mean = pooled.mean(axis=0)
+    cov = _shrunk_cov(pooled - mean)
+    vals, vecs = np.linalg.eigh(cov)
+    whiten = vecs / np.sqrt(np.maximum(vals, 1e-9))[None, :]
+    frames, nf = x.shape[1:]
+    model = models.stats_embedding(frames, nf, whiten, -mean @ whiten, batch_size=1)
+    return _Trained(model, "embedding", 0, None)
+
+
+def _train_oe_cnn(x_norm: np.ndarray, x_db: np.ndarray, spec: FeatureSpec, epochs: int, rng: np.random.Generator,
+                  progress: Progress) -> _Trained:
+    import keras
+
+    from edge_monitor.features import normalise
+    from edge_monitor.training import models
+
+    n = x_norm.shape[0]
+    aug_db, aug_y = _augmented(x_db, max(32, n // 2), rng)
+    x = np.concatenate([x_norm, normalise(spec, aug_db)], axis=0)
+    y = np.concatenate([np.zeros(n, np.int32), aug_y])
+    weights = np.where(y == 0, 0.5 * len(y) / n, 0.5 * len(y) / max(1, len(aug_y))).astype(np.float32)
+    frames, nf = x.shape[1:]
+    clf, _ = models.cnn_classifier(frames, nf, 1 + len(AUGMENTATIONS))
+    clf.compile(optimizer=keras.optimizers.Adam(2e-3),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    hist = clf.fit(x, y, sample_weight=weights, batch_size=64, epochs=epochs, shuffle=True, verbose=0,
+                   callbacks=[_epoch_logger(progress, "oe_cnn", epochs)])
+    clf1, _ = models.cnn_classifier(frames, nf, 1 + len(AUGMENTATIONS), batch_size=1)
+    clf1.set_weights(clf.get_weights())
+    emb1 = keras.Model(clf1.input, clf1.get_layer("embedding").output)
+    return _Trained(emb1, "embedding", epochs, (hist.history.get("loss") or [None])[-1])
+
+
+def _shrunk_cov(centred: np.ndarray) -> np.ndarray:
+    """Covariance shrunk towards a scaled identity; more shrinkage when there are few samples per dimension."""
+    n, d = centred.shape
+    cov = centred.T @ centred / max(1, n - 1)
+    alpha = min(0.5, max(0.01, d / max(1, n)))
+    return (1 - alpha) * cov + alpha * (np.trace(cov) / d) * np.eye(d)
+
+
+# ---------------------------------------------------------------- the training run
+
+def _write_bundle(tflite: bytes, meta: dict, path: Path) -> None:
+    from edge_monitor.training.export import embed_metadata
+
+    data = embed_metadata(tflite, meta)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def train_unsupervised(normal_paths: Sequence[Union[str, Path]], out_path: Union[str, Path], *,
+                       method: str = DEFAULT_METHOD, target_false_alarms_per_hour: float = 1.0 / 168.0,
+                       window_hop_seconds: float = 0.5, trigger_k: int = 3, trigger_n: int = 5,
+                       seed: int = 0, epochs: Optional[int] = None, channel: Any = "mean",
+                       name: Optional[str] = None, machine_type: str = "unknown",
+                       progress: Optional[Progress] = None) -> dict[str, Any]:
+    """Train, convert to int8, calibrate and write a bundle; returns the training summary dict.
+
+    ``normal_paths``: WAV files and/or directories of normal recordings (16 kHz, any channel count).
+    Raises TrainingInputError for unusable input.
+    """
+    from edge_monitor.features import normalise
+    from edge_monitor.model import load_model
+    from edge_monitor.scoring import hop_frames_for, window_scores
+    from edge_monitor.training.calibrate import calibrate_threshold, count_alerts
+    from edge_monitor.training.export import convert_int8
+
+    say: Progress = progress or (lambda msg: _LOGGER.info("%s", msg))
+    if method not in METHODS:
+        raise TrainingInputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    out = Path(out_path)
+    if not out.parent.exists():
+        raise TrainingInputError(f"{out.parent}: output directory does not exist")
+    t_start = time.perf_counter()
+    stages: dict[str, float] = {}
+    base_spec = _SPECS[method]
+
+    files = find_wavs(normal_paths)
+    if not files:
+        raise TrainingInputError("no normal recordings were given")
+    clips = load_clips(files, base_spec.sample_rate, channel)
+    total_s = sum(c.audio.size for c in clips) / base_spec.sample_rate
+    if total_s < MIN_TRAIN_SECONDS:
+        raise TrainingInputError(f"only {total_s:.1f} s of normal audio in {len(files)} file(s); "
+                                 f"training needs at least {MIN_TRAIN_SECONDS:.0f} s "
+                                 f"(recommended {RECOMMENDED_TRAIN_SECONDS:.0f} s to 10 min)")
+    if total_s < RECOMMENDED_TRAIN_SECONDS:
+        say(f"warning: only {total_s:.0f} s of normal audio; {RECOMMENDED_TRAIN_SECONDS:.0f} s or more is recommended")
+    train_clips, held_clips = split_heldout(clips)
+    say(f"read {len(files)} file(s), {total_s:.1f} s of audio; {len(train_clips)} training part(s), "
+        f"{len(held_clips)} held out for calibration")
+    stages["read_s"] = time.perf_counter() - t_start
+
+    t0 = time.perf_counter()
+    raw_feats = [extract(base_spec, c.audio) for c in train_clips]
+    mean, std = _fit_norm(raw_feats)
+    spec = dataclasses.replace(base_spec, norm_mean=mean, norm_std=std)
+    rng = np.random.default_rng(seed)
+    hop = _TRAIN_HOP_FRAMES[method]
+    raw_windows = _subsample(_window_stack(spec, raw_feats, hop), MAX_TRAIN_WINDOWS, rng)
+    if raw_windows.shape[0] < 8:
+        raise TrainingInputError(f"the normal audio gives only {raw_windows.shape[0]} training windows; "
+                                 "give longer recordings")
+    x = normalise(spec, raw_windows)
+    stages["features_s"] = time.perf_counter() - t0
+    say(f"features: {raw_windows.shape[0]} windows of {spec.frames_per_window} x {spec.n_features}, "
+        f"normalisation mean {mean:.2f} dB std {std:.2f} dB")
+
+    t0 = time.perf_counter()
+    _setup_tf(seed)
+    n_epochs = _DEFAULT_EPOCHS[method] if epochs is None else int(epochs)
+    say(f"training {method} ({n_epochs} epochs)")
+    if method == "stats":
+        trained = _train_stats(x)
+    elif method == "oe_cnn":
+        trained = _train_oe_cnn(x, raw_windows, spec, max(1, n_epochs), rng, say)
+    else:
+        trained = _train_autoencoder(method, x, max(1, n_epochs), say)
+    stages["train_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    say("converting to int8 TFLite")
+    rep_idx = np.sort(rng.choice(x.shape[0], min(REPRESENTATIVE_WINDOWS, x.shape[0]), replace=False))
+    rep = [x[i:i + 1] for i in rep_idx]
+    if trained.kind == "embedding":  # let the output range cover faults too, so anomalies aren't clipped early
+        aug_db, _ = _augmented(raw_windows, 8, rng)
+        rep += [normalise(spec, a)[None] for a in aug_db]
+    tflite = convert_int8(trained.export_model, rep)
+    stages["convert_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    meta: dict[str, Any] = {
+        "name": name or out.stem,
+        "version": "1",
+        "kind": trained.kind,
+        "feature_spec": spec.to_dict(),
+        "input_shape": [1, spec.frames_per_window, spec.n_features],
+        "threshold": 0.0,
+    }
+    with tempfile.TemporaryDirectory(prefix="edge-monitor-train-") as tmpd:
+        tmp_bundle = Path(tmpd) / "model.tflite"
+        if trained.kind == "autoencoder":
+            meta["score"] = {"type": "mse"}
+        else:
+            d = int(np.prod(trained.export_model.output_shape[1:]))
+            meta["score"] = {"type": "mahalanobis", "mean": [0.0] * d, "precision": np.eye(d).tolist()}
+            _write_bundle(tflite, meta, tmp_bundle)
+            runner = load_model(tmp_bundle)
+            fit_idx = np.sort(rng.choice(x.shape[0], min(3000, x.shape[0]), replace=False))
+            emb = np.stack([runner.infer(x[i]).reshape(-1) for i in fit_idx]).astype(np.float64)
+            runner.close()
+            emb_mean = emb.mean(axis=0)
+            precision = np.linalg.inv(_shrunk_cov(emb - emb_mean))
+            meta["score"] = {"type": "mahalanobis", "mean": emb_mean.tolist(), "precision": precision.tolist()}
+        _write_bundle(tflite, meta, tmp_bundle)
+        runner = load_model(tmp_bundle)
+        hop_frames = hop_frames_for(runner, window_hop_seconds)
+        held_scores = [window_scores(runner, c.audio, hop_frames) for c in held_clips]
+        runner.close()
+    all_held = np.concatenate(held_scores) if held_scores else np.zeros(0)
+    # the detector's window: the model window plus the hop (at least one hop of audio per score)
+    window_seconds = max(spec.window_seconds, window_hop_seconds)
+    threshold, basis = calibrate_threshold(all_held, target_alarms_per_hour=target_false_alarms_per_hour,
+                                           window_hop_seconds=window_hop_seconds, window_seconds=window_seconds,
+                                           k=trigger_k, n=trigger_n, heldout_files=len(held_clips))
+    held_seconds = sum(c.audio.size for c in held_clips) / spec.sample_rate
+    alerts = sum(count_alerts(s, threshold, k=trigger_k, n=trigger_n, window_hop_seconds=window_hop_seconds)
+                 for s in held_scores)
+    basis["heldout_seconds"] = held_seconds
+    basis["heldout_alerts"] = alerts
+    stages["calibrate_s"] = time.perf_counter() - t0
+    say(f"threshold {threshold:.4g}: held-out median {basis['heldout_percentiles']['50']:.4g}, "
+        f"max {basis['heldout_percentiles']['100']:.4g}; {alerts} alert(s) in {held_seconds:.0f} s of held-out "
+        f"normal audio; expected {basis['expected_false_alarms_per_hour'] * 168:.3g} false alarm(s) per week")
+
+    training = {
+        "method": method,
+        "files": len(files),
+        "seconds": total_s,
+        "train_parts": len(train_clips),
+        "heldout_parts": len(held_clips),
+        "train_windows": int(x.shape[0]),
+        "sources": sorted({str(Path(f).parent) for f in files}),
+        "machine_type": machine_type,
+        "channel": channel if isinstance(channel, (str, int)) else list(channel),
+        "epochs": trained.epochs,
+        "final_loss": trained.final_loss,
+        "seed": seed,
+    }
+    meta.update(threshold=float(threshold), threshold_basis=basis, training=training)
+    _write_bundle(tflite, meta, out)
+    stages["total_s"] = time.perf_counter() - t_start
+    training["timings"] = stages
+    say(f"wrote {out} ({out.stat().st_size // 1024} KiB) in {stages['total_s']:.1f} s")
+    return {"out": str(out), "threshold": float(threshold), "threshold_basis": basis, **training,
+            "heldout_window_scores": [s.tolist() for s in held_scores]}
+
+
+# ---------------------------------------------------------------- CLI
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``edge-monitor train``."""
+    parser.add_argument("--normal", action="append", required=True, metavar="DIR",
+                        help="folder (searched recursively) or WAV file of NORMAL recordings; repeatable")
+    parser.add_argument("--out", required=True, metavar="M.tflite", help="model bundle to write")
+    parser.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD,
+                        help=f"detector type (default {DEFAULT_METHOD}; see docs/detection.md)")
+    rate = parser.add_mutually_exclusive_group()
+    rate.add_argument("--false-alarms-per-week", type=float, metavar="N",
+                      help="target false alarms per week for the default threshold (default 1)")
+    rate.add_argument("--false-alarms-per-day", type=float, metavar="N", help="target false alarms per day")
+    rate.add_argument("--false-alarms-per-hour", type=float, metavar="N", help="target false alarms per hour")
+    parser.add_argument("--window-hop-seconds", type=float, default=0.5,
+                        help="time between scored windows in the daemon (seconds, default 0.5)")
+    parser.add_argument("--trigger-k", type=int, default=3, help="anomalous windows needed (default 3) ...")
+    parser.add_argument("--trigger-n", type=int, default=5, help="... among this many (default 5)")
+    parser.add_argument("--channel", default="mean",
+                        help="multi-channel files: 'mean' (default), a channel index, or indices '0,1' to average")
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: per method)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (same seed and data give the same model)")
+    parser.add_argument("--name", default=None, help="model name stored in the bundle (default: file stem)")
+    parser.add_argument("--machine-type", default="unknown", help="machine type stored in the training summary")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Run ``edge-monitor train``: 0 ok, 2 bad input (one sentence on stderr), 1 failure."""
+    from edge_monitor.training.calibrate import CalibrationError, alarms_per_hour
+
+    def progress(msg: str) -> None:
+        if not args.quiet:
+            print(msg, file=sys.stderr, flush=True)
+
+    try:
+        if args.false_alarms_per_hour is not None:
+            target = alarms_per_hour(args.false_alarms_per_hour, "hour")
+        elif args.false_alarms_per_day is not None:
+            target = alarms_per_hour(args.false_alarms_per_day, "day")
+        else:
+            target = alarms_per_hour(1.0 if args.false_alarms_per_week is None else args.false_alarms_per_week, "week")
+        if not 1 <= args.trigger_k <= args.trigger_n:
+            raise TrainingInputError(f"need 1 <= --trigger-k <= --trigger-n, got {args.trigger_k} and {args.trigger_n}")
+        if not args.window_hop_seconds > 0:
+            raise TrainingInputError(f"--window-hop-seconds must be positive, got {args.window_hop_seconds}")
+        if args.epochs is not None and args.epochs < 1:
+            raise TrainingInputError(f"--epochs must be at least 1, got {args.epochs}")
+        summary = train_unsupervised(
+            args.normal, args.out, method=args.method, target_false_alarms_per_hour=target,
+            window_hop_seconds=args.window_hop_seconds, trigger_k=args.trigger_k, trigger_n=args.trigger_n,
+            seed=args.seed, epochs=args.epochs, channel=parse_channel(args.channel), name=args.name,
+            machine_type=args.machine_type, progress=progress)
+    except (TrainingInputError, CalibrationError) as exc:
+        print(f"edge-monitor train: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - a failure must end with a message, not a traceback
+        _LOGGER.debug("training failed", exc_info=True)
+        print(f"edge-monitor train: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    progress(f"threshold {summary['threshold']:.4g} ({summary['method']}), model {summary['out']}")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Stand-alone entry point (``python -m edge_monitor.training.unsupervised``)."""
+    parser = argparse.ArgumentParser(prog="edge-monitor train", description=__doc__.splitlines()[0])
+    add_train_arguments(parser)
+    return run_train(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
