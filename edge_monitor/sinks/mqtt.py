@@ -13,7 +13,7 @@ has payload examples):
 
 Delivery of alerts: ``handle`` commits each alert to the SQLite outbox and
 returns; a small pump hands pending alerts to paho, oldest first, with at
-most ``inflight_window`` unacknowledged at a time, and deletes each from the
+most ``inflight_window`` (default 1) unacknowledged at a time, and deletes each from the
 outbox on its PUBACK. paho keeps unacknowledged QoS 1 messages across a
 reconnect and resends them (DUP) right after CONNACK, so after a lost
 connection the pump publishes nothing new until every alert that was in
@@ -55,8 +55,13 @@ from edge_monitor.threshold_store import THRESHOLD_MAX, ThresholdStore, is_valid
 
 _LOGGER = logging.getLogger(__name__)
 
-INFLIGHT_WINDOW = 10
-"""Alerts handed to paho and not yet acknowledged, at most (paho's own limit is 20 messages)."""
+INFLIGHT_WINDOW = 1
+"""Alerts handed to paho and not yet acknowledged, at most.
+
+One at a time: a lost connection can then duplicate at most one alert (the
+one whose PUBACK was lost, which QoS 1 allows), and order is trivially kept.
+Replaying a backlog costs one round trip per alert, which is ample for alerts.
+"""
 _ERROR_PAYLOAD_CHARS = 64
 
 

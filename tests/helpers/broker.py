@@ -362,7 +362,7 @@ def sink_child_main(argv: list[str]) -> int:
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     args = json.loads(argv[0])
-    machine = MachineConfig(id=args["machine"], site="test")
+    machine = MachineConfig(id=args["machine"], site=args.get("site", "hall"))
     cfg = MqttConfig(enabled=True, host=args["host"], port=args["port"], prefix=args.get("prefix"),
                      keepalive_seconds=5)
     sink = MqttSink(cfg, machine, Path(args["state_dir"]), "test-model", 1.0,
