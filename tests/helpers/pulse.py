@@ -46,6 +46,17 @@ ctl.!default {
 
 _ENV_KEYS = ("XDG_RUNTIME_DIR", "HOME", "PULSE_SERVER")
 
+# ALSA's channel order, which the pulse plugin uses for a PortAudio stream. The null sink and paplay
+# must use the same map, or PulseAudio remixes channels (its own default for 4 channels is
+# front-left,front-center,front-right,rear-center).
+ALSA_CHANNEL_MAPS = {
+    1: "mono",
+    2: "front-left,front-right",
+    4: "front-left,front-right,rear-left,rear-right",
+    6: "front-left,front-right,rear-left,rear-right,front-center,lfe",
+    8: "front-left,front-right,rear-left,rear-right,front-center,lfe,side-left,side-right",
+}
+
 
 def pulse_available() -> bool:
     """True when the PulseAudio binaries this helper needs are installed."""
@@ -81,6 +92,9 @@ class PulseServer:
 
     def __init__(self, root_dir: Path, rate_hz: int = 16000, channels: int = 1):
         """Prepare (but do not start) a server living under ``root_dir``."""
+        if channels not in ALSA_CHANNEL_MAPS:
+            raise ValueError(f"channels must be one of {sorted(ALSA_CHANNEL_MAPS)}, got {channels}")
+        self.channel_map = ALSA_CHANNEL_MAPS[channels]
         self.rate_hz = rate_hz
         self.channels = channels
         self.root_dir = Path(root_dir)
@@ -124,7 +138,8 @@ class PulseServer:
         if self.running:
             return
         self._log_file = open(self.log_path, "ab")
-        sink_args = f"module-null-sink sink_name={SINK_NAME} rate={self.rate_hz} channels={self.channels}"
+        sink_args = (f"module-null-sink sink_name={SINK_NAME} rate={self.rate_hz} channels={self.channels} "
+                     f"channel_map={self.channel_map}")
         self._daemon = subprocess.Popen(
             ["pulseaudio", "-n", "--daemonize=no", "--exit-idle-time=-1",
              "-L", "module-native-protocol-unix", "-L", sink_args],
@@ -144,12 +159,13 @@ class PulseServer:
         self._zero_file = open("/dev/zero", "rb")
         self._clock = subprocess.Popen(
             ["pacat", "-p", "-d", SINK_NAME, f"--rate={self.rate_hz}", f"--channels={self.channels}",
-             "--format=s16le"],
+             f"--channel-map={self.channel_map}", "--format=s16le"],
             env=self._child_env(), stdin=self._zero_file, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL)
 
     def kill(self) -> None:
         """Kill the daemon abruptly (SIGKILL), as when a USB microphone is pulled out."""
+        self.resume()
         for proc in (self._clock, self._daemon):
             if proc is not None and proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
@@ -169,6 +185,16 @@ class PulseServer:
         # A killed daemon leaves its pid file and socket behind; the next start must not trip on them.
         shutil.rmtree(self.runtime_dir / "pulse", ignore_errors=True)
 
+    def suspend(self) -> None:
+        """Freeze the daemon (SIGSTOP): clients stay connected but no audio flows, like a hung device."""
+        if self.running:
+            self._daemon.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Thaw a suspended daemon (SIGCONT)."""
+        if self.running:
+            self._daemon.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         """Stop the daemon and its clock player."""
         self.kill()
@@ -178,14 +204,23 @@ class PulseServer:
         self.kill()
         self.start()
 
+    def _paplay_command(self, path: Path) -> list:
+        # Only a WAV with the sink's channel count gets the sink's channel map (no remixing).
+        with wave.open(str(path), "rb") as wav:
+            file_channels = wav.getnchannels()
+        command = ["paplay", f"--device={SINK_NAME}"]
+        if file_channels == self.channels:
+            command.append(f"--channel-map={self.channel_map}")
+        return command + [str(path)]
+
     def play_wav(self, path: Path, timeout_s: float = 60.0) -> None:
         """Play a WAV file into the null sink and wait until it has been played."""
-        subprocess.run(["paplay", f"--device={SINK_NAME}", str(path)], env=self._child_env(),
+        subprocess.run(self._paplay_command(path), env=self._child_env(),
                        check=True, timeout=timeout_s, capture_output=True)
 
     def play_wav_async(self, path: Path) -> subprocess.Popen:
         """Start playing a WAV file into the null sink; returns the ``paplay`` process."""
-        return subprocess.Popen(["paplay", f"--device={SINK_NAME}", str(path)], env=self._child_env(),
+        return subprocess.Popen(self._paplay_command(path), env=self._child_env(),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
