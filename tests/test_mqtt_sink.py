@@ -359,6 +359,7 @@ def test_wrong_password_is_logged_once_retried_and_loses_nothing(tmp_path: Path,
         refusals = [r for r in caplog.records if r.levelno >= logging.ERROR and "refused" in r.getMessage()]
         assert len(refusals) == 1, [r.getMessage() for r in refusals]
         assert "not authorized" in refusals[0].getMessage().lower()
+        assert "mqtt.password_file" in refusals[0].getMessage()
         assert sink.outbox_depth == 3 and not sink.is_connected
 
         make_passwd(passwd, {"edge": PASSWORD, WATCHER[0]: WATCHER[1]})

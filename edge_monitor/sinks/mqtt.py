@@ -384,7 +384,10 @@ class MqttSink:
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any,
                     properties: Any) -> None:
         if reason_code.is_failure:
-            self._note_failure(f"broker refused the connection: {reason_code}")
+            hint = ""
+            if str(reason_code) in ("Not authorized", "Bad user name or password"):
+                hint = " (check mqtt.username and the password in mqtt.password_file)"
+            self._note_failure(f"broker refused the connection: {reason_code}{hint}")
             return
         self._connects += 1
         self._was_connected = True
