@@ -7,8 +7,9 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -17,8 +18,18 @@ from edge_monitor.events import AlertEvent, HealthEvent, ScoreEvent, StateEvent
 from edge_monitor.secrets import SecretError, read_secret
 from edge_monitor.sinks.mqtt import MqttSetupError, MqttSink, parse_threshold
 from edge_monitor.threshold_store import ThresholdStore
-from tests.helpers.broker import (Collector, Mosquitto, SinkChild, Tls, issue_cert, make_ca, make_passwd,
-                                  mosquitto, read_retained, wait_until)
+from tests.helpers.broker import (
+    Collector,
+    Mosquitto,
+    SinkChild,
+    Tls,
+    issue_cert,
+    make_ca,
+    make_passwd,
+    mosquitto,
+    read_retained,
+    wait_until,
+)
 
 __all__ = ["mosquitto"]  # the fixture, imported explicitly
 

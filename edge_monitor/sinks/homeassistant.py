@@ -73,7 +73,7 @@ def discovery_messages(ha: HomeAssistantConfig, machine: MachineConfig, prefix: 
         "name": "Anomaly score",
         "unique_id": f"{node}_score",
         "state_topic": f"{prefix}/telemetry",
-        "value_template": "{{ value_json.%s }}" % SCORE_KEY,
+        "value_template": "{{ value_json." + SCORE_KEY + " }}",
         "json_attributes_topic": f"{prefix}/telemetry",
         "state_class": "measurement",
         "icon": "mdi:waveform",

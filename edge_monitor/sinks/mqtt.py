@@ -35,8 +35,8 @@ import dataclasses
 import json
 import logging
 import math
-import ssl
 import socket
+import ssl
 import sys
 import threading
 import time

@@ -124,7 +124,7 @@ class Mosquitto:
             except OSError:
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError(f"mosquitto did not listen on {self.port}:\n{self.log_text()[-2000:]}")
+                    raise RuntimeError(f"mosquitto did not listen on {self.port}:\n{self.log_text()[-2000:]}") from None
                 time.sleep(0.05)
 
     def stop(self) -> None:
@@ -356,9 +356,8 @@ def sink_child_main(argv: list[str]) -> int:
     import logging
 
     from edge_monitor.config import MachineConfig, MqttConfig
-    from edge_monitor.events import AlertEvent
+    from edge_monitor.events import AlertEvent, StateEvent
     from edge_monitor.sinks.mqtt import MqttSink
-    from edge_monitor.events import StateEvent
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     args = json.loads(argv[0])
