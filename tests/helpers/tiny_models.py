@@ -35,7 +35,7 @@ TINY_THRESHOLD = 0.5
 CLASSIFIER_LABELS = ("normal", "bearing", "leak")
 """Output order of the tiny classifier; ``bearing`` and ``leak`` are its alert labels."""
 
-_CACHE: dict[str, Path] = {}
+_CACHE: dict[str, "TinyModel"] = {}
 _LOCK = threading.Lock()
 
 
@@ -107,15 +107,28 @@ def export_tiny(kind: str, out_path: Path, spec: FeatureSpec = TINY_SPEC, *, see
     return out_path, model, full_spec, norm
 
 
-def cached_bundle(kind: str, base_dir: Path) -> Path:
-    """Export ``kind`` once per session into ``base_dir`` and return its path."""
+@dataclasses.dataclass(frozen=True)
+class TinyModel:
+    """An exported tiny bundle and what it was made from."""
+
+    path: Path
+    keras_model: Any
+    spec: FeatureSpec            # as stored in the bundle (normalisation fitted)
+    windows: np.ndarray          # normalised SYNTHETIC windows (n, frames, n_features) float32
+
+
+def cached_export(kind: str, base_dir: Path) -> TinyModel:
+    """Export ``kind`` once per session into ``base_dir`` (skips the test without TensorFlow)."""
     pytest.importorskip("tensorflow")
     with _LOCK:
         if kind not in _CACHE:
-            path = base_dir / f"tiny-{kind}.tflite"
-            export_tiny(kind, path)
-            _CACHE[kind] = path
+            _CACHE[kind] = TinyModel(*export_tiny(kind, base_dir / f"tiny-{kind}.tflite"))
         return _CACHE[kind]
+
+
+def cached_bundle(kind: str, base_dir: Path) -> Path:
+    """Path of the session's tiny ``kind`` bundle."""
+    return cached_export(kind, base_dir).path
 
 
 @pytest.fixture(scope="session")
