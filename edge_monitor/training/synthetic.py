@@ -204,14 +204,14 @@ def sequence_parts(machine: str, segments: Sequence[Segment], sample_rate_hz: in
     boundaries = np.cumsum(lengths)[:-1]
     params = instance_parameters(machine, instance)
     rng = _rng(seed, machine, instance, _STREAM_MACHINE)
-    level = 10.0 ** (rng.uniform(-1.0, 1.0) / 20.0)  # clip-to-clip level variation, ±1 dB
-    speed_offset = rng.uniform(-0.005, 0.005)  # operating point of this clip
+    level = 10.0 ** (rng.uniform(-1.5, 1.5) / 20.0)  # clip-to-clip level variation
+    speed_offset = rng.uniform(-0.015, 0.015)  # operating point of this clip
 
     controls = _controls(parsed, boundaries, n, fs)
     block_p, block_s = controls.get("blockage", (None, None))
     speed = 1.0 + speed_offset + params["wander"] * _slow_noise(rng, n, fs, 0.15)
     if block_p is not None:
-        speed = speed - block_p * (0.01 + 0.07 * block_s)  # a blocked machine labours and slows down
+        speed = speed - block_p * (0.004 + 0.076 * block_s)  # a blocked machine labours and slows down
     scene = _Scene(n=n, fs=float(fs), params=params, rng=rng, speed=speed, blockage=controls.get("blockage"))
     sound = _SYNTHS[machine](scene)
     signal = _apply_anomalies(sound, scene, controls, seed, machine, instance)
@@ -502,8 +502,16 @@ class _Scene:
             return normal
         presence, sev = self.blockage
         blocked = spectrum.shaped(response * _lowpass(spectrum.f, self.params["blocked_cutoff_hz"], 2))
-        b = presence * (0.3 + 0.7 * sev)
-        return ((1.0 - b) * normal + b * blocked) * (1.0 - presence * (0.1 + 0.45 * sev))
+        b = presence * (0.05 + 0.8 * sev)
+        return ((1.0 - b) * normal + b * blocked) * (1.0 - presence * (0.03 + 0.52 * sev))
+
+    def mix(self, parts: list[tuple[float, np.ndarray]]) -> np.ndarray:
+        """Like :func:`_mix`, with each part's level varied by up to ±1.5 dB from clip to clip."""
+        jitter = _db(self.rng.uniform(-1.5, 1.5, len(parts)))
+        out = np.zeros(self.n)
+        for (amp, x), j in zip(parts, jitter):
+            out += amp * j * x
+        return out / math.sqrt(sum(a * a for a, _ in parts))
 
 
 @dataclasses.dataclass
@@ -536,7 +544,7 @@ def _fan(sc: _Scene) -> _Sound:
     hum = _harmonics(_TWO_PI * 2 * p["mains_hz"] * np.arange(n) / fs, (1.0, 0.4), rng.uniform(0, _TWO_PI, 2),
                      2 * p["mains_hz"], fs)
     residual = math.sqrt(2.0) * np.sin(shaft + rng.uniform(0, _TWO_PI))  # every real rotor is a little unbalanced
-    signal = _mix([(0.55, tonal), (0.8, air), (0.1, hum), (0.05, residual)])
+    signal = sc.mix([(0.55, tonal), (0.8, air), (0.1, hum), (0.05, residual)])
     return _Sound(signal, shaft, np.ones(n))
 
 
@@ -554,7 +562,7 @@ def _pump(sc: _Scene) -> _Sound:
     flow = sc.flow(spectrum, _pink(spectrum.f, 50.0) * _lowpass(spectrum.f, 3000.0, 2)
                    * (1.0 + 2.0 * _peak(spectrum.f, p["flow_resonance_hz"], 3.0)) * _highpass(spectrum.f, 30.0, 2))
     flow = flow * (0.6 + 0.8 * pulse / (pulse.mean() + _EPS) * 0.5)
-    signal = _mix([(0.4, rotor), (0.35, hum), (0.25, pulse_sound), (0.7, flow)])
+    signal = sc.mix([(0.4, rotor), (0.35, hum), (0.25, pulse_sound), (0.7, flow)])
     return _Sound(signal, shaft, np.ones(n))
 
 
@@ -585,7 +593,7 @@ def _slider(sc: _Scene) -> _Sound:
     amps = 1.0 + 0.15 * rng.standard_normal(stops.size)
     kernel = _sum_kernels(_resonator(fs, p["knock_hz"], 0.015), 0.5 * _resonator(fs, 2.7 * p["knock_hz"], 0.004))
     knocks = _impulses(n, stops, amps, kernel) / _train_rms(kernel, 2.0 / p["stroke_period_s"], fs)
-    signal = _mix([(0.35, whine), (0.8, rub), (0.3, knocks)])
+    signal = sc.mix([(0.35, whine), (0.8, rub), (0.3, knocks)])
     return _Sound(signal, shaft, np.clip(velocity * 3.0, 0.0, 1.0))
 
 
@@ -613,7 +621,7 @@ def _valve(sc: _Scene) -> _Sound:
                                  rng.uniform(0, _TWO_PI, 2), 2 * p["mains_hz"], fs)
     shaft = _phase(p["shaft_hz"], sc.speed, fs, rng.uniform(0, _TWO_PI))
     clicks = clicks / _train_rms(_sum_kernels(click, 1.3 * close_click) / math.sqrt(2.0), 2.0 / period, fs)
-    signal = _mix([(0.3, clicks), (0.7, burst), (0.08, hum)])
+    signal = sc.mix([(0.3, clicks), (0.7, burst), (0.08, hum)])
     return _Sound(signal, shaft, np.ones(n))
 
 
@@ -633,7 +641,7 @@ def _pipe(sc: _Scene) -> _Sound:
     swell = 1.0 + 0.06 * _slow_noise(rng, n, fs, 0.3)
     shaft = _phase(p["shaft_hz"], sc.speed, fs, rng.uniform(0, _TWO_PI))
     upstream = _harmonics(shaft, (1.0, 0.6, 0.3), rng.uniform(0, _TWO_PI, 3), p["shaft_hz"] * 1.1, fs)
-    signal = _mix([(0.9, flow * swell), (0.45, turbulence * swell), (0.08, upstream)])
+    signal = sc.mix([(0.9, flow * swell), (0.45, turbulence * swell), (0.08, upstream)])
     return _Sound(signal, shaft, np.ones(n))
 
 
@@ -658,9 +666,11 @@ def _apply_anomalies(sound: _Sound, sc: _Scene, controls: dict[str, tuple[np.nda
         if name == "imbalance":
             depth = presence * (0.03 + 0.42 * sev)  # shaft-rate amplitude modulation
             x = x * (1.0 + depth * np.sin(sound.shaft_phase + rng.uniform(0, _TWO_PI)))
-            wobble = _unit(np.sin(sound.shaft_phase + rng.uniform(0, _TWO_PI))
-                           + 0.7 * np.sin(0.5 * sound.shaft_phase + rng.uniform(0, _TWO_PI)))
-            x = x + presence * _db(-34.0 + 24.0 * sev) * wobble
+            # the housing radiates the shaft's vibration: 0.5x, 1x and its harmonics, a low rumble
+            wobble = 0.7 * np.sin(0.5 * sound.shaft_phase + rng.uniform(0, _TWO_PI))
+            for k in range(1, 7):
+                wobble = wobble + np.sin(k * sound.shaft_phase + rng.uniform(0, _TWO_PI)) / k
+            x = x + presence * _db(-36.0 + 30.0 * sev) * _unit(wobble)
         elif name == "bearing":
             x = x + presence * _db(-30.0 + 30.0 * sev) * sound.activity * _bearing(sound, sc, rng)
         elif name == "leak":
