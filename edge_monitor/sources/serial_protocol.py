@@ -95,8 +95,9 @@ def _crc16_fast(data: Union[bytes, bytearray, memoryview], crc: int = 0xFFFF) ->
 
 
 def codes_to_float(codes: np.ndarray) -> np.ndarray:
-    """10-bit ADC codes (0..1023) -> float32 in [-1, 1): ``(code - 512) / 512``."""
-    return ((np.asarray(codes, dtype=np.float32) - ADC_MID_CODE) / ADC_CODES_PER_UNIT).astype(np.float32)
+    """10-bit ADC codes (0..1023) -> float32 in [-1, 1): ``(code - 512) / 512``; larger codes clip to 1023."""
+    x = np.minimum(np.asarray(codes, dtype=np.float32), ADC_MAX_CODE)
+    return ((x - ADC_MID_CODE) / ADC_CODES_PER_UNIT).astype(np.float32)
 
 
 def float_to_codes(samples: np.ndarray) -> np.ndarray:
@@ -145,6 +146,10 @@ class Frame:
     def has(self, flag: Flag) -> bool:
         """True if ``flag`` is set in this frame's flags."""
         return bool(self.flags & flag)
+
+    def to_bytes(self) -> bytes:
+        """The frame's wire bytes (header, payload, CRC)."""
+        return _finish(_header(self.kind, self.flags, self.seq, self.sample_rate_hz, self.count), self.payload)
 
 
 def _header(kind: int, flags: int, seq: int, sample_rate_hz: int, count: int) -> bytes:
@@ -215,12 +220,14 @@ class FrameDecoder:
 
     ``feed(data)`` returns the complete, CRC-valid frames found so far. After
     garbage, a broken header or a CRC failure it drops one byte and rescans what
-    it holds, so a real frame that starts inside a broken one is never lost:
-    the decoder is back in sync by the next intact frame. It never raises on
+    it holds, so a real frame that starts inside a broken one is never lost;
+    and a header whose corrupted count claims more bytes than have arrived is
+    abandoned as soon as a complete valid frame is seen inside the claimed span.
+    So the decoder is back in sync by the next intact frame. It never raises on
     input bytes and holds at most one maximal frame of data.
 
     Counters: ``frames``, ``crc_errors`` (frames whose header looked valid but
-    whose CRC did not match), ``resyncs`` (times a valid frame was found after
+    whose CRC did not match, or whose claimed length proved false), ``resyncs`` (times a valid frame was found after
     bytes had to be skipped), ``bytes_skipped``.
     """
 
@@ -262,7 +269,15 @@ class FrameDecoder:
                 pos += 1
                 continue
             if end - pos < length:
-                break
+                # A corrupted count can claim bytes that never come. If a complete,
+                # valid frame already sits inside the claimed span, the claim is false.
+                later = self._complete_frame_after(buf, pos + 1, end)
+                if later < 0:
+                    break
+                self.crc_errors += 1
+                self._skip(later - pos)
+                pos = later
+                continue
             body_end = pos + length - CRC_BYTES
             got = buf[body_end] | (buf[body_end + 1] << 8)
             if _crc16_fast(memoryview(buf)[pos + 2:body_end]) != got:
@@ -284,6 +299,18 @@ class FrameDecoder:
         if n > 0:
             self.bytes_skipped += n
             self._lost = True
+
+    def _complete_frame_after(self, buf: bytearray, start: int, end: int) -> int:
+        """Position of the first complete CRC-valid frame in ``buf[start:end]``, or -1."""
+        q = buf.find(FRAME_MAGIC, start, end)
+        while 0 <= q and q + FRAME_HEADER_BYTES <= end:
+            length = self._frame_length(buf, q)
+            if length and q + length <= end:
+                crc = buf[q + length - 2] | (buf[q + length - 1] << 8)
+                if _crc16_fast(memoryview(buf)[q + 2:q + length - CRC_BYTES]) == crc:
+                    return q
+            q = buf.find(FRAME_MAGIC, q + 1, end)
+        return -1
 
     @staticmethod
     def _frame_length(buf: bytearray, pos: int) -> int:
