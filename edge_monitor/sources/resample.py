@@ -16,7 +16,7 @@ import math
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-_BATCH_OUTPUT_FRAMES = 512  # bounds the (batch, taps) scratch arrays
+_BATCH_OUTPUT_FRAMES = 128  # bounds the (batch, taps) scratch arrays so they stay in cache
 
 
 def kaiser_beta(attenuation_db: float) -> float:
@@ -139,10 +139,13 @@ class StreamingResampler:
                                 self._next_output + min(count, start + _BATCH_OUTPUT_FRAMES), dtype=np.int64)
             whole, phase = np.divmod(outputs * self.down, self.up)
             first = whole - (self.half_taps - 1) - self._history_start
-            weights = self._table[phase]                                  # (batch, taps)
+            if self.up == 1:   # integer decimation: one phase, no per-output weights to gather
+                weights, subscripts = self._table[0], "bt,t->b"
+            else:
+                weights, subscripts = self._table[phase], "bt,bt->b"      # (batch, taps)
             for channel, view in enumerate(windows_by_start):
                 # einsum's row-by-row dot keeps each output independent of the batch it lands in.
-                out[start:start + len(outputs), channel] = np.einsum("bt,bt->b", view[first], weights)
+                out[start:start + len(outputs), channel] = np.einsum(subscripts, view[first], weights)
         self._next_output += count
         keep_from = (self._next_output * self.down) // self.up - (self.half_taps - 1)
         drop = keep_from - self._history_start
