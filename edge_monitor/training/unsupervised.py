@@ -50,8 +50,10 @@ DEFAULT_METHOD = "stats"
 MIN_TRAIN_SECONDS = 10.0
 RECOMMENDED_TRAIN_SECONDS = 60.0
 HELDOUT_FRACTION = 0.2
+MIN_HELDOUT_SECONDS = 3.0
 MAX_TRAIN_WINDOWS = 6000           # deterministic subsample above this (keeps 10 min under 2 min of training)
 REPRESENTATIVE_WINDOWS = 200
+CALIBRATION_OVERSAMPLE = 8       # held-out windows scored 8x denser than the daemon's hop
 
 _SPECS = {
     "stats": FeatureSpec(n_mels=64, frames_per_window=32),
@@ -115,8 +117,10 @@ def load_clips(paths: Sequence[Path], sample_rate_hz: int, channel: Any = "mean"
     return clips
 
 
-def split_heldout(clips: list[_Clip], fraction: float = HELDOUT_FRACTION) -> tuple[list[_Clip], list[_Clip]]:
-    """``(train, heldout)``: every 1/fraction-th file when there are >= 5 files, else the tail of each file."""
+def split_heldout(clips: list[_Clip], fraction: float = HELDOUT_FRACTION,
+                  sample_rate_hz: int = 16000) -> tuple[list[_Clip], list[_Clip]]:
+    """``(train, heldout)``: every 1/fraction-th file when there are >= 5 files, else the tail of each file
+    (``fraction`` of it, at least MIN_HELDOUT_SECONDS but never more than half)."""
     every = max(2, int(round(1.0 / fraction)))
     if len(clips) >= 5:
         held = [c for i, c in enumerate(clips) if i % every == every - 1]
@@ -124,7 +128,8 @@ def split_heldout(clips: list[_Clip], fraction: float = HELDOUT_FRACTION) -> tup
         return train, held
     train, held = [], []
     for c in clips:
-        cut = int(round(c.audio.size * (1.0 - fraction)))
+        held_n = max(fraction * c.audio.size, min(MIN_HELDOUT_SECONDS * sample_rate_hz, 0.5 * c.audio.size))
+        cut = int(round(c.audio.size - held_n))
         train.append(_Clip(c.path + f"[0:{cut}]", c.audio[:cut]))
         held.append(_Clip(c.path + f"[{cut}:]", c.audio[cut:]))
     return train, held
@@ -368,7 +373,7 @@ def train_unsupervised(normal_paths: Sequence[Union[str, Path]], out_path: Union
                                  f"(recommended {RECOMMENDED_TRAIN_SECONDS:.0f} s to 10 min)")
     if total_s < RECOMMENDED_TRAIN_SECONDS:
         say(f"warning: only {total_s:.0f} s of normal audio; {RECOMMENDED_TRAIN_SECONDS:.0f} s or more is recommended")
-    train_clips, held_clips = split_heldout(clips)
+    train_clips, held_clips = split_heldout(clips, sample_rate_hz=base_spec.sample_rate)
     say(f"read {len(files)} file(s), {total_s:.1f} s of audio; {len(train_clips)} training part(s), "
         f"{len(held_clips)} held out for calibration")
     stages["read_s"] = time.perf_counter() - t_start
@@ -437,9 +442,14 @@ def train_unsupervised(normal_paths: Sequence[Union[str, Path]], out_path: Union
         _write_bundle(tflite, meta, tmp_bundle)
         runner = load_model(tmp_bundle)
         hop_frames = hop_frames_for(runner, window_hop_seconds)
-        held_scores = [window_scores(runner, c.audio, hop_frames) for c in held_clips]
+        # Score the held-out audio CALIBRATION_OVERSAMPLE times more densely than the daemon does: the same
+        # per-window score distribution, more samples of its tail. Every k-th score is the daemon's sequence.
+        dense_hop = max(1, hop_frames // CALIBRATION_OVERSAMPLE)
+        stride = max(1, hop_frames // dense_hop)
+        dense_scores = [window_scores(runner, c.audio, dense_hop) for c in held_clips]
+        held_scores = [s[::stride] for s in dense_scores]
         runner.close()
-    all_held = np.concatenate(held_scores) if held_scores else np.zeros(0)
+    all_held = np.concatenate(dense_scores) if dense_scores else np.zeros(0)
     # the detector's window: the model window plus the hop (at least one hop of audio per score)
     window_seconds = max(spec.window_seconds, window_hop_seconds)
     threshold, basis = calibrate_threshold(all_held, target_alarms_per_hour=target_false_alarms_per_hour,
