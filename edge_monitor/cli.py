@@ -140,8 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="verb", metavar="VERB")
 
     s = sub.add_parser("run", help="run the monitoring daemon")
-    s.add_argument("--config", "-c", action="append", required=True,
-                   help="machine config YAML (repeat for several machines sharing one gateway)")
+    s.add_argument("--config", "-c", action="append", default=None,
+                   help="machine config YAML (repeat for several machines on one gateway; "
+                        "default: the bundled demo)")
+    s.add_argument("--mqtt", default=None, metavar="HOST[:PORT]",
+                   help="publish to this MQTT broker (overrides mqtt.enabled/host/port in the config)")
     s.add_argument("--print-events", action="store_true", help="also print events as JSON lines on stdout")
     s.add_argument("--max-seconds", type=float, default=None, help="stop after this long (seconds; for tests)")
     s.set_defaults(func=cmd_run)
