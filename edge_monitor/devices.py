@@ -9,7 +9,8 @@ pyserial gives a one-line explanation, never a traceback.
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -20,7 +20,9 @@ from edge_monitor.config import SourceConfig
 from edge_monitor.devices import format_devices, list_audio_inputs
 from edge_monitor.sources.base import Block, Source, SourceError
 from edge_monitor.sources.microphone import MicrophoneSource
-from tests.helpers.pulse import PulseServer, pulse_factory, pulse_server, write_wav  # noqa: F401
+from tests.helpers.pulse import PulseServer, pulse_factory, pulse_server, write_wav
+
+__all__ = ["pulse_factory", "pulse_server"]  # the fixtures, imported explicitly
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RATE_HZ = 16000

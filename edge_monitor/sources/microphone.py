@@ -36,7 +36,7 @@ _DRIFT_WINDOW_SECONDS = 10.0         # the drift estimate is the smallest lag se
 
 # PortAudio's device list is only refreshed by Pa_Terminate/Pa_Initialize, which also kills every
 # open stream, so a re-scan only happens when no microphone in this process has a stream open.
-_OPEN_SOURCES: "weakref.WeakSet[MicrophoneSource]" = weakref.WeakSet()
+_OPEN_SOURCES: weakref.WeakSet[MicrophoneSource] = weakref.WeakSet()
 _OPEN_SOURCES_LOCK = threading.Lock()
 
 
@@ -101,7 +101,7 @@ class MicrophoneSource:
         self._reset_stream_state(capacity_frames=0)
 
     @classmethod
-    def from_config(cls, cfg: Any, target_rate_hz: int, *, stall_timeout_s: float = 2.0) -> "MicrophoneSource":
+    def from_config(cls, cfg: Any, target_rate_hz: int, *, stall_timeout_s: float = 2.0) -> MicrophoneSource:
         """Build from a ``SourceConfig`` (type: microphone); opens channels 0..max(cfg.channels)."""
         return cls(cfg.device, channels=max(cfg.channels) + 1, device_rate_hz=cfg.sample_rate,
                    target_rate_hz=target_rate_hz, block_seconds=cfg.block_seconds,

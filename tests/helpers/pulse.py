@@ -21,11 +21,11 @@ import os
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 import wave
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 import numpy as np
 import pytest
