@@ -223,6 +223,9 @@ def test_killed_audio_server_raises_source_error_then_reopen_recovers(pulse_serv
         with pytest.raises(SourceError):   # and it stays failed until reopened
             source.read(0.5)
         source.close()
+        with pytest.raises(SourceError):   # the daemon's first retry, while the server is still down
+            source.open()
+        source.close()
 
         pulse_server.start()
         source.open()

@@ -95,7 +95,8 @@ class MicrophoneSource:
         self._stream: Any = None
         self._lock = threading.Lock()
         self._data_ready = threading.Event()
-        self._opens = 0
+        self._open_attempts = 0
+        self._opens = 0                # successful opens
         # Counters carried across reopen, for telemetry.
         self._totals = {"dropped_frames": 0, "overflows": 0, "callbacks": 0}
         self._reset_stream_state(capacity_frames=0)
@@ -183,8 +184,8 @@ class MicrophoneSource:
         """Find the device, check channels and rate, and start capturing. Raises SourceError."""
         self.close()
         sd = import_sounddevice()
-        self._opens += 1
-        if self._opens > 1:
+        self._open_attempts += 1
+        if self._open_attempts > 1:
             self._rescan_devices(sd)
         index, info = self._resolve_device(sd)
         self.device_name = f"{info['name']} (#{index})"
@@ -222,6 +223,7 @@ class MicrophoneSource:
             stream.close(ignore_errors=True)
             raise SourceError(f"cannot start audio device '{info['name']}' (#{index}): {exc}") from None
         self._stream = stream
+        self._opens += 1
         with _OPEN_SOURCES_LOCK:
             _OPEN_SOURCES.add(self)
         _LOGGER.info("capturing %d channel(s) at %d Hz from audio device %s%s", self.channels,
@@ -414,7 +416,7 @@ class MicrophoneSource:
             "dropped_frames": self._totals["dropped_frames"] + self._dropped,
             "overflows": self._totals["overflows"] + self._overflows,
             "callbacks": self._totals["callbacks"] + self._callbacks,
-            "reopens": max(0, self._opens - 1),
+            "reopens": max(0, self._opens - 1),   # successful reopens after the first open
             "buffered_frames": self._write_count - self._read_count,
             "device": self.device_name,
             "device_rate_hz": self.device_rate_hz,
