@@ -164,8 +164,8 @@ BUILDS: dict[str, tuple[Callable[[Path, Optional[Path], int], Path], Optional[st
 
 # ---------------------------------------------------------------- main
 
-def build(real: Optional[Path], out_dir: Path, *, only: Optional[list[str]] = None, epochs: int = 15, cv: int = 4,
-          seed: int = 0, work_dir: Optional[Path] = None) -> dict[str, Any]:
+def build(real: Optional[Path], out_dir: Path, *, only: Optional[list[str]] = None, epochs: int = 12, cv: int = 3,
+          seed: int = 0, train_hop_seconds: float = 0.5, work_dir: Optional[Path] = None) -> dict[str, Any]:
     """Build the datasets, train every bundle and return a summary {name: {...}} (also printed)."""
     from edge_monitor.model import load_model
 
@@ -183,11 +183,12 @@ def build(real: Optional[Path], out_dir: Path, *, only: Optional[list[str]] = No
             out = out_dir / f"{name}.tflite"
             result = train_classifier(
                 ds, out, alert_labels=alert_labels, channel=CHANNEL, epochs=epochs, seed=seed, cv=cv, name=name,
-                version="1", description=description, progress=_say,
+                version="1", train_hop_seconds=train_hop_seconds, description=description, progress=_say,
                 extra_training={"data_dir": f"build_shipped:{name}",
                                 "real_sources": sorted({c["source"] for c in _real_clips(real)}),
                                 "build_command": "python -m edge_monitor.training.build_shipped "
-                                                 "--real /work/shared/data/real --out models/"})
+                                                 f"--real /work/shared/data/real --out models/ --epochs {epochs} "
+                                                 f"--cv {cv} --seed {seed} --train-hop-seconds {train_hop_seconds}"})
             runner = load_model(out)
             entry: dict[str, Any] = {"size_bytes": result.size_bytes, "labels": runner.bundle.labels,
                                      "alert_labels": runner.bundle.alert_labels,
@@ -234,13 +235,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--real", type=Path, default=None, help="folder of real clips (shared/data/real layout)")
     ap.add_argument("--out", type=Path, default=Path("models"), help="where to write the bundles")
     ap.add_argument("--only", action="append", choices=sorted(BUILDS), help="build only this bundle (repeatable)")
-    ap.add_argument("--epochs", type=int, default=15)
-    ap.add_argument("--cv", type=int, default=4, help="cross-validation folds (0: off)")
+    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--cv", type=int, default=3, help="cross-validation folds (0: off)")
+    ap.add_argument("--train-hop-seconds", type=float, default=0.5, help="hop between training windows")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--summary", type=Path, default=None, help="also write the summary as JSON here")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    summary = build(args.real, args.out, only=args.only, epochs=args.epochs, cv=args.cv, seed=args.seed)
+    summary = build(args.real, args.out, only=args.only, epochs=args.epochs, cv=args.cv, seed=args.seed,
+                    train_hop_seconds=args.train_hop_seconds)
     if args.summary:
         args.summary.write_text(json.dumps(summary, indent=1, default=str))
     return 0

@@ -538,17 +538,15 @@ def run_train_classifier(args: argparse.Namespace) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     try:
-        import tensorflow  # noqa: F401
-    except ImportError:
-        say("error: training needs TensorFlow: pip install 'edge-monitor[train]'")
-        return 1
-    try:
         train_classifier(args.data, args.out, alert_labels=args.alert_labels, channel=args.channel,
                          epochs=args.epochs, seed=args.seed, cv=args.cv, threshold=args.threshold,
                          name=args.name, version=getattr(args, "model_version", "1"), progress=say)
     except ClassifierDataError as exc:
         say(f"error: {exc}")
         return 2
+    except ImportError as exc:
+        say(f"error: training needs TensorFlow: pip install 'edge-monitor[train]' ({exc})")
+        return 1
     except OSError as exc:
         say(f"error: cannot write {args.out}: {exc.strerror or exc}")
         return 1
