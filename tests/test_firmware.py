@@ -17,8 +17,19 @@ import serial
 
 from edge_monitor.sources import serial_protocol as sp
 from edge_monitor.sources.serial import SerialSource
-from tests.helpers.simavr import (ALARM_LED_PIN, ALARM_RELAY_PIN, BUILD_DIR, ELF, FIRMWARE_DIR, HEX,
-                                  STATUS_LED_PIN, F_CPU_HZ, find_offset, firmware_build, simulated_arduino)
+from tests.helpers.simavr import (
+    ALARM_LED_PIN,
+    ALARM_RELAY_PIN,
+    BUILD_DIR,
+    ELF,
+    F_CPU_HZ,
+    FIRMWARE_DIR,
+    HEX,
+    STATUS_LED_PIN,
+    find_offset,
+    firmware_build,
+    simulated_arduino,
+)
 
 __all__ = ["firmware_build"]  # the session fixture, imported so pytest finds it
 

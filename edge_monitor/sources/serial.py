@@ -99,7 +99,7 @@ class SerialSource:
         self._reset_stream_state()
 
     @classmethod
-    def from_config(cls, cfg) -> "SerialSource":
+    def from_config(cls, cfg) -> SerialSource:
         """Build from an ``edge_monitor.config.SourceConfig`` (uses port, baud, sample_rate, buffer_seconds)."""
         return cls(cfg.port, baud=cfg.baud, sample_rate=cfg.sample_rate, buffer_seconds=cfg.buffer_seconds)
 

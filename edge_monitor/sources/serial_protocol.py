@@ -23,7 +23,8 @@ from __future__ import annotations
 import binascii
 import dataclasses
 import enum
-from typing import Iterable, Optional, Union
+from collections.abc import Iterable
+from typing import Optional, Union
 
 import numpy as np
 
