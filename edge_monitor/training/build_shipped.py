@@ -127,7 +127,7 @@ def build_fault_type(root: Path, real: Optional[Path], seed: int) -> Path:
     w = _SynthWriter(seed + 1)
     for machine in synthetic.MACHINES:
         for instance in range(2):
-            for k in range(3):
+            for _k in range(3):
                 w.write(ds / "normal", machine, instance, None)
                 for fault in synthetic.ANOMALIES:
                     w.write(ds / fault, machine, instance, fault, severity_range=(0.4, 1.0))

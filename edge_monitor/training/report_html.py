@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import html
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 
@@ -371,7 +372,7 @@ def write_index(out: Path, report: dict[str, Any]) -> None:
             parts.append(f"<figure><img src='{e(p['file'])}' alt='{e(p['caption'])}'>"
                          f"<figcaption>{e(p['caption'])}</figcaption></figure>")
     rows = sorted(report["files"], key=lambda r: -r["score"])
-    parts.append(f"<h2>Files, highest score first</h2>")
+    parts.append("<h2>Files, highest score first</h2>")
     if len(rows) > MAX_FILE_ROWS:
         parts.append(f"<p>Showing {MAX_FILE_ROWS} of {len(rows)}; all are in <code>report.json</code>.</p>")
     cols = ["file", "label", "score", "flagged", "max window score", "seconds"]
