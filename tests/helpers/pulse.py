@@ -58,6 +58,16 @@ ALSA_CHANNEL_MAPS = {
 }
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGKILL when the test process dies, so no server is orphaned."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def pulse_available() -> bool:
     """True when the PulseAudio binaries this helper needs are installed."""
     return all(shutil.which(tool) for tool in ("pulseaudio", "pactl", "pacat", "paplay"))
@@ -144,7 +154,7 @@ class PulseServer:
             ["pulseaudio", "-n", "--daemonize=no", "--exit-idle-time=-1",
              "-L", "module-native-protocol-unix", "-L", sink_args],
             env=self._child_env(), stdout=self._log_file, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL)
+            stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         deadline = time.monotonic() + _START_TIMEOUT_SECONDS
         while True:
             if self._daemon.poll() is not None:
@@ -161,7 +171,7 @@ class PulseServer:
             ["pacat", "-p", "-d", SINK_NAME, f"--rate={self.rate_hz}", f"--channels={self.channels}",
              f"--channel-map={self.channel_map}", "--format=s16le"],
             env=self._child_env(), stdin=self._zero_file, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL)
+            stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
 
     def kill(self) -> None:
         """Kill the daemon abruptly (SIGKILL), as when a USB microphone is pulled out."""
