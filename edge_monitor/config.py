@@ -180,6 +180,8 @@ def _node_to_python(node: yaml.Node, path: _Path, lines: dict[_Path, int], probl
             if key in out:
                 problems.append(f"{fname}:{key_node.start_mark.line + 1}: {_dotted(path + (key,))}: duplicate key")
             out[key] = _node_to_python(value_node, path + (key,), lines, problems, fname)
+            if isinstance(value_node, (yaml.MappingNode, yaml.SequenceNode)):
+                lines[path + (key,)] = key_node.start_mark.line + 1  # a block's errors point at its key
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_node_to_python(v, path + (i,), lines, problems, fname) for i, v in enumerate(node.value)]
@@ -209,10 +211,10 @@ class _Builder:
         self.problems: list[str] = []
 
     def err(self, path: _Path, value: Any, expected: str) -> None:
-        line = self.lines.get(path)
-        while line is None and path:
-            path = path[:-1]
-            line = self.lines.get(path)
+        line, probe = self.lines.get(path), path
+        while line is None and probe:
+            probe = probe[:-1]
+            line = self.lines.get(probe)
         where = f"{self.fname}:{line}" if line else self.fname
         self.problems.append(f"{where}: {_dotted(path)}: got {value!r}; expected {expected}")
 

@@ -49,7 +49,12 @@ class ModelBundle:
 
     def __init__(self, path: Union[str, Path]) -> None:
         self.path = Path(path)
-        self.meta, self.model_bytes = load_metadata(self.path)
+        try:
+            self.meta, self.model_bytes = load_metadata(self.path)
+        except ModelError:
+            raise
+        except BundleError as exc:
+            raise ModelError(str(exc)) from None
         try:
             self.spec = FeatureSpec.from_dict(self.meta["feature_spec"])
         except (FeatureError, TypeError) as exc:

@@ -108,6 +108,7 @@ class Pipeline:
         self._update_hop_stats(mono)
         feats = self.extractor.process(mono)
         if feats.shape[0] == 0:
+            self._trim_hop_stats()
             return []
         w, hop = self.spec.frames_per_window, self.hop_frames
         first = self._frames_seen                      # global index of feats[0]
@@ -125,6 +126,7 @@ class Pipeline:
             events += self._score_window(window, e, t_end)
             e += hop
         self._history = rows[-(w - 1):].copy() if w > 1 else rows[:0].copy()
+        self._trim_hop_stats()
         return events
 
     def _update_hop_stats(self, mono: np.ndarray) -> None:
@@ -135,15 +137,18 @@ class Pipeline:
             blocks = buf[:n * hop].reshape(n, hop).astype(np.float64)
             sumsq = np.einsum("ij,ij->i", blocks, blocks)
             clipped = (np.abs(blocks) >= CLIP_LEVEL).sum(axis=1)
-            keep = self.spec.frames_per_window + self._hops_per_frame + self.hop_frames + 4
             self._hop_sumsq = np.concatenate((self._hop_sumsq, sumsq))
             self._hop_clipped = np.concatenate((self._hop_clipped, clipped))
-            drop = max(0, self._hop_sumsq.size - keep)
-            if drop:
-                self._hop_sumsq = self._hop_sumsq[drop:]
-                self._hop_clipped = self._hop_clipped[drop:]
-                self._hop_base += drop
         self._stat_pending = buf[n * hop:].copy()
+
+    def _trim_hop_stats(self) -> None:
+        """Drop level statistics older than any window still to come (after a block's windows are scored)."""
+        keep = self.spec.frames_per_window + self._hops_per_frame + self.hop_frames + 4
+        drop = max(0, self._hop_sumsq.size - keep)
+        if drop:
+            self._hop_sumsq = self._hop_sumsq[drop:]
+            self._hop_clipped = self._hop_clipped[drop:]
+            self._hop_base += drop
 
     def _window_levels(self, end_frame: int) -> tuple[float, float]:
         """(RMS dBFS, clipped fraction) of the audio under frames [end_frame - w, end_frame)."""

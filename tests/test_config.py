@@ -137,9 +137,6 @@ def test_unknown_key_without_close_match_lists_known_keys(tmp_path: Path) -> Non
     assert ":19: colour: unknown key (known keys: machine, model, source," in problems[0]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "config.py _node_to_python records the line of a key's VALUE node, so an unknown key whose value is a "
-    "block mapping is reported at the line of its first child (11) instead of the key's own line (10)"))
 def test_unknown_top_level_section_typo(tmp_path: Path) -> None:
     problems = _problems(_write(tmp_path, VALID.replace("detection:", "detecton:")))
     assert problems == [f"{tmp_path / 'machine.yaml'}:10: detecton: unknown key (did you mean 'detection'?)"]
@@ -203,9 +200,6 @@ def test_semantic_checks(tmp_path: Path) -> None:
     assert any(":2: machine.id: got 'fan 1'; expected 1-64 letters" in p for p in problems), problems
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "config.py _Builder.err shortens the reported key path while it looks for a line: an absent "
-    "source.path is reported as 'source: got None; expected a WAV file path ...' instead of 'source.path: ...'"))
 def test_semantic_check_on_an_absent_key_names_its_full_path(tmp_path: Path) -> None:
     problems = _problems(_write(tmp_path, VALID.replace("type: microphone", "type: file")))
     assert len(problems) == 1, problems

@@ -23,10 +23,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 pytest.importorskip("tensorflow")
 
-BUNDLE_XFAIL = pytest.mark.xfail(strict=True, reason=(
-    "model.py ModelBundle.__init__ (line 52) lets bundle.load_metadata's BundleError escape: it is not a "
-    "ModelError, so load_model breaks its 'raises ModelError' contract and cli.cmd_score / cmd_check_config / "
-    "replay.replay (which catch ModelError only) print a traceback and exit 1 instead of one sentence and exit 2"))
 
 
 @pytest.fixture(scope="module")
@@ -164,16 +160,14 @@ def test_broken_bundle_is_refused_in_one_sentence(bad_models: BadModels, case: s
     assert "\n" not in msg and not re.search(r"\.\s+[A-Z]", msg), msg
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, marks=BUNDLE_XFAIL) if c != "wrong_shape" else c
-                                  for c in BAD_CASES])
+@pytest.mark.parametrize("case", BAD_CASES)
 def test_broken_bundle_raises_model_error(bad_models: BadModels, case: str) -> None:
     with pytest.raises(ModelError):
         load_model(getattr(bad_models, case))
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("case", [pytest.param(c, marks=BUNDLE_XFAIL) if c != "wrong_shape" else c
-                                  for c in BAD_CASES])
+@pytest.mark.parametrize("case", BAD_CASES)
 def test_score_cli_refuses_broken_bundle_with_exit_2(bad_models: BadModels, tmp_path: Path, case: str) -> None:
     wav = tmp_path / "ok.wav"
     write_wav(wav, np.zeros(16000, np.float32), 16000)

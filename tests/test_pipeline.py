@@ -104,11 +104,6 @@ def test_block_size_does_not_change_scores_or_events(runner: ModelRunner, thresh
         assert _comparable(_run(_pipeline(runner, threshold), audio, sizes)) == reference
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pipeline.py _update_hop_stats (line ~138) keeps only the last frames_per_window + n_fft/hop + hop_frames + 4 "
-    "hops of level statistics and trims them BEFORE the block's windows are scored, so in a block longer than "
-    "that (~1.2 s here) every earlier window reads as -160 dBFS silence and is not scored: one whole-file block "
-    "gives a single 'silence' health event instead of the scores and alerts of small blocks"))
 def test_one_block_equals_small_blocks(runner: ModelRunner, threshold: float, recording: Path) -> None:
     audio, _ = read_wav(recording)
     reference = _reference(runner, threshold, audio)
