@@ -375,6 +375,11 @@ def parse_config(text: str, fname: str = "<config>", base_dir: Optional[Path] = 
         cfg,
         model=dataclasses.replace(cfg.model, path=_resolve(base, cfg.model.path)),
         source=dataclasses.replace(cfg.source, path=_resolve(base, cfg.source.path)),
+        mqtt=dataclasses.replace(
+            cfg.mqtt, password_file=_resolve(base, cfg.mqtt.password_file),
+            tls=None if cfg.mqtt.tls is None else dataclasses.replace(
+                cfg.mqtt.tls, ca=_resolve(base, cfg.mqtt.tls.ca), cert=_resolve(base, cfg.mqtt.tls.cert),
+                key=_resolve(base, cfg.mqtt.tls.key))),
         state_dir=_state_dir(base, cfg.state_dir),
         source_file=fname,
     )

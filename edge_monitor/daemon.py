@@ -292,7 +292,8 @@ class Daemon:
             group_cfg[key] = dataclasses.replace(cfg.source, channels=chans)
         for key, machines in groups.items():
             src_cfg = group_cfg[key]
-            source = make_source(src_cfg, machines[0].pipeline.spec.sample_rate)
+            stall_s = min(m.cfg.health.source_timeout_seconds for m in machines)
+            source = make_source(src_cfg, machines[0].pipeline.spec.sample_rate, stall_s)
             retry = min(m.cfg.health.retry_max_seconds for m in machines)
             self.workers.append(SourceWorker(source, machines, self.stop_event, retry, stop_at_eof=not src_cfg.loop))
 

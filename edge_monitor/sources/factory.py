@@ -16,11 +16,11 @@ def source_key(cfg: Any) -> tuple:
     return ("file", cfg.path)
 
 
-def make_source(cfg: Any, target_rate_hz: int) -> Source:
+def make_source(cfg: Any, target_rate_hz: int, stall_timeout_s: float = 2.0) -> Source:
     """A closed Source for ``cfg`` delivering ``target_rate_hz`` where the source can resample."""
     if cfg.type == "microphone":
         from edge_monitor.sources.microphone import MicrophoneSource
-        return MicrophoneSource.from_config(cfg, target_rate_hz)
+        return MicrophoneSource.from_config(cfg, target_rate_hz, stall_timeout_s=stall_timeout_s)
     if cfg.type == "serial":
         from edge_monitor.sources.serial import SerialSource
         return SerialSource.from_config(cfg)
