@@ -1,0 +1,64 @@
+"""End-to-end tests of ``edge-monitor run`` as a real subprocess.
+
+Real mosquitto, real PulseAudio null sink, real socat serial cable, the bundled
+demo model and WAV (15 s normal, 10 s bearing fault, 15 s normal).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.broker import Collector, Mosquitto, mosquitto, read_retained, wait_until  # noqa: F401
+from tests.helpers.daemon import DEMO_WAV, DaemonProcess, write_config
+
+PREFIX = "e2e/e2e-fan"
+
+
+def _alerts(collector: Collector) -> list[dict]:
+    return [m.json() for m in collector.on(f"{PREFIX}/alert")]
+
+
+def _states(collector: Collector) -> list[str]:
+    return [m.payload.decode() for m in collector.on(f"{PREFIX}/state")]
+
+
+def _subsequence(needle: list[str], hay: list[str]) -> bool:
+    it = iter(hay)
+    return all(any(x == y for y in it) for x in needle)
+
+
+@pytest.mark.timeout(120)
+def test_file_source_publishes_status_alerts_and_state(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    """The demo WAV through the daemon gives one alert start (with a clip) and end, and retained status/state."""
+    collector = Collector(mosquitto, [f"{PREFIX}/#"])
+    config = write_config(tmp_path, mqtt={"host": mosquitto.host, "port": mosquitto.port})
+    daemon = DaemonProcess(config, tmp_path / "daemon.log")
+    try:
+        wait_until(lambda: any(m.payload == b"online" for m in collector.on(f"{PREFIX}/status")), 60,
+                   what="status online")
+        wait_until(lambda: len(_alerts(collector)) >= 2, 60, what="alert start and end")
+        assert daemon.wait(60) == 0, daemon.log_text()
+    finally:
+        daemon.stop()
+    start, end = _alerts(collector)[:2]
+    assert len(_alerts(collector)) == 2, _alerts(collector)
+    assert start["type"] == "start" and end["type"] == "end"
+    for payload in (start, end):
+        assert {"id", "type", "machine", "score", "threshold", "started_at", "model"} <= payload.keys()
+        assert payload["machine"] == "e2e-fan"
+        assert payload["score"] > payload["threshold"] or payload["type"] == "end"
+    assert start["id"] != end["id"]
+    assert "ended_at" in end and "ended_at" not in start
+    assert end["started_at"] == start["started_at"]
+    assert "clip" in start, start
+    assert Path(start["clip"]).is_file(), start["clip"]
+    assert Path(start["clip"]).stat().st_size > 44
+    wait_until(lambda: _subsequence(["anomaly", "normal"], _states(collector)), 20,
+               what=f"state anomaly then normal (got {_states(collector)})")
+    assert read_retained(mosquitto, f"{PREFIX}/status") == b"offline"
+    assert read_retained(mosquitto, f"{PREFIX}/state") == b"normal"
+    collector.close()
