@@ -20,7 +20,8 @@ import dataclasses
 import logging
 import re
 from pathlib import Path
-from typing import Iterable, Optional, Sequence, Union
+from collections.abc import Iterable, Sequence
+from typing import Optional, Union
 
 import numpy as np
 

@@ -27,6 +27,10 @@ Model of a clip::
   scaled to the requested SNR against the machine sound (fault included). If
   a mix would peak above ``PEAK_LIMIT`` the whole clip is scaled down, so the
   output never clips.
+
+Cost: about 0.4 s and 180 MB for 50 s of audio at 16 kHz; memory grows with the
+clip (about 1.7 GB for one 10-minute clip), so write long training sets as many
+10 s clips, as :func:`write_dataset` does.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ import dataclasses
 import logging
 import math
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence, Union
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -57,7 +62,7 @@ TYPICAL_ANOMALIES: dict[str, tuple[str, ...]] = {
     "valve": ("chatter", "leak", "blockage"),
     "pipe": ("leak", "blockage"),
 }
-"""The faults :func:`write_dataset` uses by default for each machine type."""
+"""The SYNTHETIC faults :func:`write_dataset` uses by default for each machine type."""
 
 MACHINE_RMS = 0.07
 """Nominal RMS of a normal machine sound before the background is added (about -23 dBFS)."""
@@ -169,7 +174,7 @@ def generate(machine: str, seconds: float, sample_rate_hz: int = 16000, *, seed:
 def generate_parts(machine: str, seconds: float, sample_rate_hz: int = 16000, *, seed: int, instance: int = 0,
                    anomaly: Optional[str] = None, severity: float = 0.5,
                    snr_db: Optional[float] = 10.0) -> SyntheticParts:
-    """Like :func:`generate` but returns the machine and background parts separately."""
+    """Like :func:`generate` (SYNTHETIC) but returns the machine and background parts separately."""
     label = NORMAL if anomaly is None else anomaly
     return sequence_parts(machine, [(label, seconds, severity)], sample_rate_hz, seed=seed, instance=instance,
                           snr_db=snr_db)
@@ -191,7 +196,7 @@ def generate_sequence(machine: str, segments: Sequence[Segment] = ((NORMAL, 20.0
 
 def sequence_parts(machine: str, segments: Sequence[Segment], sample_rate_hz: int = 16000, *, seed: int,
                    instance: int = 0, severity: float = 0.5, snr_db: Optional[float] = 10.0) -> SyntheticParts:
-    """Like :func:`generate_sequence` but returns the machine and background parts separately."""
+    """Like :func:`generate_sequence` (SYNTHETIC) but returns the machine and background parts separately."""
     _check_machine(machine)
     fs = int(sample_rate_hz)
     if fs < 4000:
@@ -408,17 +413,32 @@ def _brown(f: np.ndarray, floor_hz: float = 10.0) -> np.ndarray:
     return floor_hz / np.maximum(f, floor_hz)
 
 
+def _fast_size(n: int) -> int:
+    """The smallest 2^a 3^b 5^c >= n: FFT lengths with large prime factors are many times slower."""
+    best = 1 << max(0, (n - 1).bit_length())
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            size = p35 << max(0, (-(-n // p35) - 1).bit_length())
+            best = min(best, size)
+            p35 *= 3
+        p5 *= 5
+    return best
+
+
 class _Spectrum:
     """White noise held in the frequency domain, to be shaped by several responses."""
 
     def __init__(self, rng: np.random.Generator, n: int, fs: float):
         self.n = n
-        self.spec = np.fft.rfft(rng.standard_normal(n))
-        self.f = np.fft.rfftfreq(n, 1.0 / fs)
+        self.size = _fast_size(n)
+        self.spec = np.fft.rfft(rng.standard_normal(self.size))
+        self.f = np.fft.rfftfreq(self.size, 1.0 / fs)
 
     def shaped(self, response: np.ndarray) -> np.ndarray:
         """(n,) unit-RMS noise with magnitude response ``response`` (same length as ``self.f``)."""
-        return _unit(np.fft.irfft(self.spec * response, self.n))
+        return _unit(np.fft.irfft(self.spec * response, self.size)[: self.n])
 
 
 def _slow_noise(rng: np.random.Generator, n: int, fs: float, cutoff_hz: float) -> np.ndarray:
@@ -476,7 +496,7 @@ def _impulses(n: int, positions: np.ndarray, amps: np.ndarray, kernel: np.ndarra
     pos = np.asarray(positions, dtype=np.int64)
     keep = (pos >= 0) & (pos < n)
     np.add.at(train, pos[keep], np.asarray(amps, dtype=float)[keep])
-    size = n + kernel.size
+    size = _fast_size(n + kernel.size)
     return np.fft.irfft(np.fft.rfft(train, size) * np.fft.rfft(kernel, size), size)[:n]
 
 
@@ -657,7 +677,6 @@ def _apply_anomalies(sound: _Sound, sc: _Scene, controls: dict[str, tuple[np.nda
                      seed: int, machine: str, instance: int) -> np.ndarray:
     """Add the faults to a machine sound (blockage is already in the speed and flow)."""
     x = sound.signal
-    n, fs, p = sc.n, sc.fs, sc.params
     for index, name in enumerate(ANOMALIES):
         if name not in controls or name == "blockage":
             continue
