@@ -62,3 +62,47 @@ def test_file_source_publishes_status_alerts_and_state(tmp_path: Path, mosquitto
     assert read_retained(mosquitto, f"{PREFIX}/status") == b"offline"
     assert read_retained(mosquitto, f"{PREFIX}/state") == b"normal"
     collector.close()
+
+
+from tests.helpers.daemon import DEMO_FAULT_ONSET_SECONDS  # noqa: E402
+from tests.helpers.pulse import PulseServer, pulse_factory, pulse_server  # noqa: E402,F401
+
+
+def _first_arrival_s(collector: Collector, predicate, timeout_s: float, what: str) -> float:
+    """Poll the collector; return time.monotonic() when a message matching ``predicate`` was first seen."""
+    wait_until(lambda: any(predicate(m) for m in collector.messages), timeout_s, interval_s=0.02, what=what)
+    return time.monotonic()
+
+
+def _telemetry(collector: Collector) -> list[dict]:
+    return [m.json() for m in collector.on(f"{PREFIX}/telemetry")]
+
+
+@pytest.mark.timeout(180)
+def test_microphone_path_alerts_on_played_fault(tmp_path: Path, mosquitto: Mosquitto,
+                                                pulse_server: PulseServer) -> None:
+    """The demo WAV played into a PulseAudio null sink reaches the daemon's microphone source and alerts."""
+    collector = Collector(mosquitto, [f"{PREFIX}/#"])
+    config = write_config(tmp_path, source={"type": "microphone", "device": "default", "sample_rate": 16000},
+                          mqtt={"host": mosquitto.host, "port": mosquitto.port})
+    daemon = DaemonProcess(config, tmp_path / "daemon.log", env=pulse_server.env)
+    try:
+        # Capturing: telemetry reports a level from the (silent) monitor source.
+        wait_until(lambda: any(t.get("rms_dbfs") is not None for t in _telemetry(collector)), 60,
+                   what="telemetry with an input level")
+        assert daemon.running, daemon.log_text()
+        play_start_s = time.monotonic()
+        player = pulse_server.play_wav_async(DEMO_WAV)
+        start_seen_s = _first_arrival_s(
+            collector, lambda m: m.topic == f"{PREFIX}/alert" and m.json()["type"] == "start", 90, "alert start")
+        wait_until(lambda: any(a["type"] == "end" for a in _alerts(collector)), 60, what="alert end")
+        player.wait(timeout=60)
+        assert daemon.running, daemon.log_text()
+    finally:
+        daemon.stop()
+    latency_s = start_seen_s - (play_start_s + DEMO_FAULT_ONSET_SECONDS)
+    print(f"\nmicrophone path: alert start arrived {latency_s:.2f} s after the fault onset in playback")
+    types = [a["type"] for a in _alerts(collector)]
+    assert types[:2] == ["start", "end"], types
+    assert "anomaly" in _states(collector)
+    collector.close()
