@@ -19,8 +19,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-from pathlib import Path
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np

@@ -38,8 +38,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from pathlib import Path
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any, Optional, Union
 
 import numpy as np
