@@ -22,7 +22,7 @@ Model of a clip::
   per sample), so :func:`generate_sequence` can fade faults in and out over
   ``FADE_SECONDS`` with continuous phase and no click at the joins.
 * Levels are absolute, not normalised per clip: a normal machine sound has an
-  RMS of about ``MACHINE_RMS`` (±1 dB from clip to clip), so level changes
+  RMS of about ``MACHINE_RMS`` (±1.5 dB from clip to clip), so level changes
   caused by a fault (a blockage reduces the flow) survive. The background is
   scaled to the requested SNR against the machine sound (fault included). If
   a mix would peak above ``PEAK_LIMIT`` the whole clip is scaled down, so the
