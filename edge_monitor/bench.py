@@ -37,9 +37,9 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from edge_monitor.bundle import BundleError
 from edge_monitor.detector import Detector, DetectorSettings
 from edge_monitor.events import ScoreEvent
-from edge_monitor.bundle import BundleError
 from edge_monitor.features import FeatureSpec, StreamingExtractor
 from edge_monitor.model import ModelRunner, load_model
 from edge_monitor.pipeline import Pipeline, rms_dbfs
@@ -464,7 +464,8 @@ def format_text(r: dict[str, Any]) -> str:
         f"(runs {r['realtime_factor_runs']}; {r['realtime_factor_cpu']:.0f}x per CPU second), "
         f"{r['windows_per_run']} windows per run",
         f"whole pipeline in live {r['block_samples_live_blocks']}-sample blocks: "
-        f"{r['realtime_factor_live_blocks']:.0f}x real time ({r['realtime_factor_cpu_live_blocks']:.0f}x per CPU second)",
+        f"{r['realtime_factor_live_blocks']:.0f}x real time "
+        f"({r['realtime_factor_cpu_live_blocks']:.0f}x per CPU second)",
         f"live CPU at {r['sample_rate_hz']} Hz: {r['cpu_percent_live_16k']:.3f}% of a core "
         f"(eight machines {r['cpu_percent_8_machines']:.2f}%)",
     ]

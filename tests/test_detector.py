@@ -5,7 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import re
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import pytest
 

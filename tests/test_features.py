@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import re
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge_monitor.features import (FeatureError, FeatureSpec, StreamingExtractor, check_sample_rate, extract,
-                                   to_mono_float)
+from edge_monitor.features import (
+    FeatureError,
+    FeatureSpec,
+    StreamingExtractor,
+    check_sample_rate,
+    extract,
+    to_mono_float,
+)
 from edge_monitor.training.synthetic import generate
 
 LOGMEL = FeatureSpec(n_mels=64)

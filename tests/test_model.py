@@ -16,8 +16,14 @@ import pytest
 from edge_monitor.bundle import BundleError
 from edge_monitor.model import ModelError, load_model
 from edge_monitor.wavio import write_wav
-from tests.helpers.tiny_models import (CLASSIFIER_LABELS, TINY_SPEC, TINY_THRESHOLD, TinyModel, cached_export,
-                                       export_tiny)
+from tests.helpers.tiny_models import (
+    CLASSIFIER_LABELS,
+    TINY_SPEC,
+    TINY_THRESHOLD,
+    TinyModel,
+    cached_export,
+    export_tiny,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 

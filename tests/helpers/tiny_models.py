@@ -35,7 +35,7 @@ TINY_THRESHOLD = 0.5
 CLASSIFIER_LABELS = ("normal", "bearing", "leak")
 """Output order of the tiny classifier; ``bearing`` and ``leak`` are its alert labels."""
 
-_CACHE: dict[str, "TinyModel"] = {}
+_CACHE: dict[str, TinyModel] = {}
 _LOCK = threading.Lock()
 
 
