@@ -114,7 +114,7 @@ def read_metadata_bytes(model: bytes, name: str = METADATA_NAME) -> Optional[byt
                 raise BundleError("it is truncated (metadata runs past the end of the file)")
             return bytes(model[start:start + n])
     except (IndexError, struct.error) as exc:
-        raise BundleError(f"it is truncated or corrupt (bad flatbuffer offset {exc})") from None
+        raise BundleError("it is truncated or corrupt") from None
     return None
 
 

@@ -8,7 +8,10 @@ scale and zero-point read from the interpreter.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import sys
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -73,6 +76,25 @@ class ModelBundle:
         return f"{self.name}@{self.version}#{self.sha256[:8]}"
 
 
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """Hide the runtime's native start-up chatter (e.g. the XNNPACK INFO line) on fd 2."""
+    try:
+        saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        yield
+        return
+    sys.stderr.flush()
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 class ModelRunner:
     """Scores feature windows with one bundle. ``process`` is pure apart from the interpreter's state."""
 
@@ -80,8 +102,9 @@ class ModelRunner:
         self.bundle = bundle
         cls, self.backend = _interpreter_class()
         try:
-            self._interp = cls(model_content=bundle.model_bytes, num_threads=threads)
-            self._interp.allocate_tensors()
+            with _quiet_native_stderr():
+                self._interp = cls(model_content=bundle.model_bytes, num_threads=threads)
+                self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"model {bundle.path}: the TFLite runtime rejected it ({first})") from None
