@@ -106,3 +106,88 @@ def test_microphone_path_alerts_on_played_fault(tmp_path: Path, mosquitto: Mosqu
     assert types[:2] == ["start", "end"], types
     assert "anomaly" in _states(collector)
     collector.close()
+
+
+import wave  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from tests.helpers.pulse import write_wav  # noqa: E402
+
+CUT_START_SECONDS = 10.0  # the cut demo: 5 s normal, 10 s fault, 5 s normal
+
+
+def _cut_demo(path: Path, start_s: float = CUT_START_SECONDS, end_s: float = 30.0) -> Path:
+    """A shorter copy of the demo WAV (its fault then starts at 15 - start_s seconds)."""
+    with wave.open(str(DEMO_WAV), "rb") as wav:
+        rate = wav.getframerate()
+        samples = np.frombuffer(wav.readframes(wav.getnframes()), dtype=np.int16)
+    return write_wav(path, samples[int(start_s * rate):int(end_s * rate)], rate)
+
+
+def _silence(path: Path, seconds: float, rate_hz: int = 16000) -> Path:
+    """A quiet (but not digitally silent) noise WAV."""
+    rng = np.random.default_rng(0)
+    return write_wav(path, (rng.standard_normal(int(seconds * rate_hz)) * 3).astype(np.int16), rate_hz)
+
+
+@pytest.mark.timeout(180)
+def test_alert_raised_during_broker_outage_arrives_once_after_restart(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    """Broker down from before the fault until after it ended: start and end arrive once each, in order."""
+    collector = Collector(mosquitto, [f"{PREFIX}/alert"], client_id="e2e-outage-sub", persistent=True)
+    wav = _cut_demo(tmp_path / "cut.wav")
+    # Looping keeps the daemon running until it reconnects (paho backs off up to 30 s).
+    config = write_config(tmp_path, source={"type": "file", "path": str(wav), "realtime": True, "loop": True},
+                          mqtt={"host": mosquitto.host, "port": mosquitto.port})
+    online = Collector(mosquitto, [f"{PREFIX}/status"])
+    daemon = DaemonProcess(config, tmp_path / "daemon.log")
+    try:
+        wait_until(lambda: any(m.payload == b"online" for m in online.on(f"{PREFIX}/status")), 60,
+                   what="status online")
+        online.close()
+        assert "alert start" not in daemon.log_text(), "the fault came before the outage; machine too slow"
+        mosquitto.stop()
+        wait_until(lambda: "alert end" in daemon.log_text(), 60, what="the daemon to log the alert end")
+        assert _alerts(collector) == []
+        mosquitto.start()
+        wait_until(lambda: len(_alerts(collector)) >= 2, 60, what="the queued alerts after the restart")
+        time.sleep(1.0)  # a duplicate, if any, would arrive now
+        assert daemon.running, daemon.log_text()
+    finally:
+        daemon.stop()
+    alerts = _alerts(collector)
+    # Later loops of the file may add alerts; each id arrives once and starts and ends alternate.
+    assert [a["type"] for a in alerts[:2]] == ["start", "end"], alerts
+    assert alerts[0]["episode"] == alerts[1]["episode"]
+    assert len({a["id"] for a in alerts}) == len(alerts), alerts
+    assert [a["type"] for a in alerts] == ["start", "end"] * (len(alerts) // 2) + ["start"] * (len(alerts) % 2)
+    collector.close()
+
+
+@pytest.mark.timeout(180)
+def test_pending_alert_survives_kill9_and_is_delivered_by_the_next_run(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    """kill -9 during an outage after an alert started; the next run with the same state_dir delivers it."""
+    wav = _cut_demo(tmp_path / "cut.wav")
+    mqtt = {"host": mosquitto.host, "port": mosquitto.port}
+    config = write_config(tmp_path, source={"type": "file", "path": str(wav), "realtime": True}, mqtt=mqtt)
+    mosquitto.stop()
+    daemon = DaemonProcess(config, tmp_path / "daemon.log")
+    try:
+        wait_until(lambda: "alert start" in daemon.log_text(), 60, what="the daemon to log the alert start")
+    finally:
+        daemon.kill9()
+    mosquitto.start()
+    collector = Collector(mosquitto, [f"{PREFIX}/alert"])
+    quiet = _silence(tmp_path / "quiet.wav", 6.0)
+    config = write_config(tmp_path, source={"type": "file", "path": str(quiet), "realtime": True}, mqtt=mqtt)
+    second = DaemonProcess(config, tmp_path / "daemon2.log")
+    try:
+        wait_until(lambda: len(_alerts(collector)) >= 1, 60, what="the pending alert from the killed run")
+        assert second.wait(60) == 0, second.log_text()
+    finally:
+        second.stop()
+    time.sleep(1.0)
+    alerts = _alerts(collector)
+    assert alerts[0]["type"] == "start", alerts
+    assert len([a for a in alerts if a["id"] == alerts[0]["id"]]) == 1, alerts
+    collector.close()
