@@ -191,3 +191,31 @@ def test_pending_alert_survives_kill9_and_is_delivered_by_the_next_run(tmp_path:
     assert alerts[0]["type"] == "start", alerts
     assert len([a for a in alerts if a["id"] == alerts[0]["id"]]) == 1, alerts
     collector.close()
+
+
+@pytest.mark.timeout(180)
+def test_lost_microphone_degrades_and_recovers_without_restart(tmp_path: Path, mosquitto: Mosquitto,
+                                                               pulse_server: PulseServer) -> None:
+    """Killing PulseAudio makes the retained state ``degraded``; restarting it brings ``normal`` back."""
+    collector = Collector(mosquitto, [f"{PREFIX}/#"])
+    config = write_config(tmp_path, source={"type": "microphone", "device": "default", "sample_rate": 16000},
+                          mqtt={"host": mosquitto.host, "port": mosquitto.port},
+                          health={"retry_max_seconds": 2, "source_timeout_seconds": 1})
+    daemon = DaemonProcess(config, tmp_path / "daemon.log", env=pulse_server.env)
+    try:
+        wait_until(lambda: any(t.get("rms_dbfs") is not None for t in _telemetry(collector)), 60,
+                   what="telemetry with an input level")
+        lost_s = time.monotonic()
+        pulse_server.kill()
+        wait_until(lambda: read_retained(mosquitto, f"{PREFIX}/state") == b"degraded", 30, interval_s=0.2,
+                   what=f"retained state degraded (log: {daemon.log_text()[-1500:]})")
+        print(f"\ndevice loss: retained state degraded after {time.monotonic() - lost_s:.1f} s")
+        seen = len(_states(collector))
+        pulse_server.start()
+        wait_until(lambda: "normal" in _states(collector)[seen:], 60,
+                   what=f"state to leave degraded (log: {daemon.log_text()[-1500:]})")
+        assert read_retained(mosquitto, f"{PREFIX}/state") == b"normal"
+        assert daemon.running, daemon.log_text()
+    finally:
+        daemon.stop()
+    collector.close()
