@@ -219,3 +219,33 @@ def test_lost_microphone_degrades_and_recovers_without_restart(tmp_path: Path, m
     finally:
         daemon.stop()
     collector.close()
+
+
+@pytest.mark.timeout(120)
+def test_threshold_command_rejects_garbage_and_persists_a_valid_value(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    """Garbage on threshold/set is reported on threshold/error; a valid value is applied and survives a restart."""
+    quiet = _silence(tmp_path / "quiet.wav", 4.0)
+    config = write_config(tmp_path, source={"type": "file", "path": str(quiet), "realtime": True, "loop": True},
+                          mqtt={"host": mosquitto.host, "port": mosquitto.port})
+    collector = Collector(mosquitto, [f"{PREFIX}/#"])
+    daemon = DaemonProcess(config, tmp_path / "daemon.log")
+    try:
+        wait_until(lambda: collector.on(f"{PREFIX}/threshold/state"), 60, what="threshold/state")
+        collector.client.publish(f"{PREFIX}/threshold/set", b"\xffnot-a-number", qos=1)
+        wait_until(lambda: collector.on(f"{PREFIX}/threshold/error"), 30, what="threshold/error")
+        assert "error" in collector.on(f"{PREFIX}/threshold/error")[0].json()
+        collector.client.publish(f"{PREFIX}/threshold/set", b"42.5", qos=1)
+        wait_until(lambda: collector.last(f"{PREFIX}/threshold/state").payload == b"42.5", 30,
+                   what="threshold/state 42.5")
+        assert daemon.running, daemon.log_text()
+    finally:
+        daemon.stop()
+    collector.close()
+    collector = Collector(mosquitto, [f"{PREFIX}/telemetry"])
+    second = DaemonProcess(config, tmp_path / "daemon2.log")
+    try:
+        wait_until(lambda: _telemetry(collector), 60, what="telemetry from the restarted daemon")
+        assert _telemetry(collector)[0]["threshold"] == pytest.approx(42.5)
+    finally:
+        second.stop()
+    collector.close()
