@@ -1,0 +1,1 @@
+"""Bundled demo assets: a synthetic fan recording, its model and config."""
