@@ -115,7 +115,7 @@ def build_normal_vs_abnormal(root: Path, real: Optional[Path], seed: int) -> Pat
         for instance in range(3):
             for k in range(6):
                 w.write(ds / "normal", machine, instance, None)
-                w.write(ds / "abnormal", machine, instance, faults[k % len(faults)])
+                w.write(ds / "abnormal", machine, instance, faults[k % len(faults)], severity_range=(0.5, 1.0))
     for clip in _real_clips(real):
         _link_real(clip, ds / ("abnormal" if clip["anomaly"] else "normal") / "real", real)
     return ds
@@ -164,7 +164,7 @@ BUILDS: dict[str, tuple[Callable[[Path, Optional[Path], int], Path], Optional[st
 
 # ---------------------------------------------------------------- main
 
-def build(real: Optional[Path], out_dir: Path, *, only: Optional[list[str]] = None, epochs: int = 12, cv: int = 3,
+def build(real: Optional[Path], out_dir: Path, *, only: Optional[list[str]] = None, epochs: int = 30, cv: int = 4,
           seed: int = 0, train_hop_seconds: float = 0.5, work_dir: Optional[Path] = None) -> dict[str, Any]:
     """Build the datasets, train every bundle and return a summary {name: {...}} (also printed)."""
     from edge_monitor.model import load_model
@@ -235,8 +235,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--real", type=Path, default=None, help="folder of real clips (shared/data/real layout)")
     ap.add_argument("--out", type=Path, default=Path("models"), help="where to write the bundles")
     ap.add_argument("--only", action="append", choices=sorted(BUILDS), help="build only this bundle (repeatable)")
-    ap.add_argument("--epochs", type=int, default=12)
-    ap.add_argument("--cv", type=int, default=3, help="cross-validation folds (0: off)")
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--cv", type=int, default=4, help="cross-validation folds (0: off)")
     ap.add_argument("--train-hop-seconds", type=float, default=0.5, help="hop between training windows")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--summary", type=Path, default=None, help="also write the summary as JSON here")

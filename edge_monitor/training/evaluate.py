@@ -239,7 +239,8 @@ def evaluate(model_path: Union[str, Path], data_dir: Union[str, Path], report_di
                     "flagged_when": "file score > threshold", "channel": channel},
         "binary": _binary_metrics(results, thr),
         "per_machine": _per_machine(results),
-        "label_confusion": _label_confusion(results, bundle.labels) if bundle.kind == "classifier" else None,
+        "label_confusion": (_label_confusion(results, bundle.labels)
+                            if bundle.kind == "classifier" and set(labels) <= set(bundle.labels) else None),
         "files": [r.to_json(thr) for r in results],
         "plots": {},
     }

@@ -143,6 +143,9 @@ def plot_histogram(path: Path, report: dict[str, Any], results: Sequence[Any]) -
         ax.set_xscale("log")
     ax.set_xlabel(score_axis_label(report) + (" [log scale]" if log_x else ""))
     ax.set_ylabel("Number of files")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(_title(report, "Score distribution: files right of the threshold are flagged"), fontsize=10)
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)
