@@ -202,12 +202,12 @@ def render(results: list[dict], false_alarms: list[dict], methods: Sequence[str]
     """The Markdown tables."""
     cases = list(dict.fromkeys(r["case"] for r in results))
     idx = {(r["case"], r["method"]): r for r in results}
-    lines = ["### Detection (AUC / pAUC, pAUC DCASE-style at FPR <= 0.1)", "",
+    lines = [] if not cases else ["### Detection (AUC / pAUC, pAUC DCASE-style at FPR <= 0.1)", "",
              "| case | test files (normal/anomalous) | level | " + " | ".join(methods) + " |",
              "|---|---|---|" + "---|" * len(methods)]
     means: dict[str, dict[str, list[float]]] = {m: {"real": [], "synth": []} for m in methods}
     for c in cases:
-        first = idx[(c, methods[0])]
+        first = next(idx[(c, m)] for m in methods if (c, m) in idx)
         synthetic = c.startswith("SYNTH")
         level = "file" if synthetic else "window"
         cells = []
@@ -226,11 +226,14 @@ def render(results: list[dict], false_alarms: list[dict], methods: Sequence[str]
         lines.append(f"| {c} | {first['n_test_normal']}/{first['n_test_anomalous']} | {level} | "
                      + " | ".join(cells) + " |")
     for kind, label in (("real", "mean AUC, real (window level)"), ("synth", "mean AUC, SYNTHETIC (file level)")):
+        if not cases:
+            break
         lines.append(f"| **{label}** | | | " + " | ".join(
             _fmt(float(np.mean(means[m][kind])) if means[m][kind] else None) for m in methods) + " |")
     train_s = {m: [r["train_s"] for r in results if r["method"] == m] for m in methods}
-    lines.append("| mean training time per case (s, incl. int8 conversion and calibration) | | | " + " | ".join(
-        f"{np.mean(train_s[m]):.1f}" if train_s[m] else "-" for m in methods) + " |")
+    if cases:
+        lines.append("| mean training time per case (s, incl. int8 conversion and calibration) | | | " + " | ".join(
+            f"{np.mean(train_s[m]):.1f}" if train_s[m] else "-" for m in methods) + " |")
     synth = [r for r in results if r.get("auc_by_severity")]
     if synth:
         lines += ["", "### SYNTHETIC: mean AUC over machine types by fault severity", "",
@@ -266,6 +269,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--skip-real", action="store_true")
     ap.add_argument("--skip-synthetic", action="store_true")
     ap.add_argument("--skip-false-alarms", action="store_true")
+    ap.add_argument("--only-false-alarms", action="store_true", help="only the id_00 false-alarm check")
     ap.add_argument("--quick", action="store_true", help="fewer synthetic test clips")
     ap.add_argument("--verbose", action="store_true", help="show training progress")
     args = ap.parse_args(argv)
@@ -291,12 +295,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             cases += _real_cases(args.data, tmp)
         if not args.skip_synthetic:
             cases += _synthetic_cases(tmp, args.quick)
+        if args.only_false_alarms:
+            cases = []
         for case in cases:
             for m in methods:
                 r = _evaluate_case(case, m, tmp, args.seed, progress)
                 print(f"{case['name']:<22} {m:<9} window AUC {_fmt(r['window_auc'])} file AUC {_fmt(r['file_auc'])} "
                       f"({r['train_s']:.1f} s)", file=sys.stderr, flush=True)
                 results.append(r)
+                _save(args.out, results, false_alarms, methods)  # partial results survive an interrupted run
         if not args.skip_real and not args.skip_false_alarms:
             for m in methods:
                 fa = _false_alarm_case(args.data, m, tmp, args.seed, progress)
@@ -304,11 +311,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     print(f"id_00 false alarms {m}: {fa['alerts']} alerts, {fa['files_over_threshold']} files over "
                           f"threshold ({fa['train_s']:.1f} s)", file=sys.stderr, flush=True)
                     false_alarms.append(fa)
-    table = render(results, false_alarms, methods)
-    (args.out / "compare.md").write_text(table)
-    (args.out / "compare.json").write_text(json.dumps({"results": results, "false_alarms": false_alarms}, indent=1))
-    print(table)
+                    _save(args.out, results, false_alarms, methods)
+    print(_save(args.out, results, false_alarms, methods))
     return 0
+
+
+def _save(out: Path, results: list[dict], false_alarms: list[dict], methods: Sequence[str]) -> str:
+    table = render(results, false_alarms, methods) if results or false_alarms else ""
+    (out / "compare.md").write_text(table)
+    (out / "compare.json").write_text(json.dumps({"results": results, "false_alarms": false_alarms}, indent=1))
+    return table
 
 
 if __name__ == "__main__":

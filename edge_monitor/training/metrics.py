@@ -24,7 +24,8 @@ comes in two flavours, because the literature uses both:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 import numpy as np
 
