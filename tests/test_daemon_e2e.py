@@ -6,14 +6,16 @@ demo model and WAV (15 s normal, 10 s bearing fault, 15 s normal).
 
 from __future__ import annotations
 
-import json
 import time
+import wave
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.helpers.broker import Collector, Mosquitto, mosquitto, read_retained, wait_until  # noqa: F401
-from tests.helpers.daemon import DEMO_WAV, DaemonProcess, write_config
+from tests.helpers.daemon import DEMO_FAULT_ONSET_SECONDS, DEMO_WAV, DaemonProcess, write_config
+from tests.helpers.pulse import PulseServer, pulse_factory, pulse_server, write_wav  # noqa: F401
 
 PREFIX = "e2e/e2e-fan"
 
@@ -64,10 +66,6 @@ def test_file_source_publishes_status_alerts_and_state(tmp_path: Path, mosquitto
     collector.close()
 
 
-from tests.helpers.daemon import DEMO_FAULT_ONSET_SECONDS  # noqa: E402
-from tests.helpers.pulse import PulseServer, pulse_factory, pulse_server  # noqa: E402,F401
-
-
 def _first_arrival_s(collector: Collector, predicate, timeout_s: float, what: str) -> float:
     """Poll the collector; return time.monotonic() when a message matching ``predicate`` was first seen."""
     wait_until(lambda: any(predicate(m) for m in collector.messages), timeout_s, interval_s=0.02, what=what)
@@ -107,12 +105,6 @@ def test_microphone_path_alerts_on_played_fault(tmp_path: Path, mosquitto: Mosqu
     assert "anomaly" in _states(collector)
     collector.close()
 
-
-import wave  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-from tests.helpers.pulse import write_wav  # noqa: E402
 
 CUT_START_SECONDS = 10.0  # the cut demo: 5 s normal, 10 s fault, 5 s normal
 
