@@ -126,11 +126,11 @@ def build_fault_type(root: Path, real: Optional[Path], seed: int) -> Path:
     ds = root / "fault-type"
     w = _SynthWriter(seed + 1)
     for machine in synthetic.MACHINES:
-        for instance in range(2):
+        for instance in range(3):
             for _k in range(3):
                 w.write(ds / "normal", machine, instance, None)
                 for fault in synthetic.ANOMALIES:
-                    w.write(ds / fault, machine, instance, fault, severity_range=(0.4, 1.0))
+                    w.write(ds / fault, machine, instance, fault, severity_range=(0.5, 1.0))
     for clip in _real_clips(real):
         if not clip["anomaly"]:
             _link_real(clip, ds / "normal" / "real", real)
@@ -143,7 +143,7 @@ def build_machine_type(root: Path, real: Optional[Path], seed: int) -> Path:
     w = _SynthWriter(seed + 2)
     for machine in MACHINE_TYPES:
         faults = synthetic.TYPICAL_ANOMALIES[machine]
-        for instance in range(4):
+        for instance in range(6):
             for k in range(6):
                 w.write(ds / machine, machine, instance, None if k < 4 else faults[k % len(faults)])
     for clip in _real_clips(real):
