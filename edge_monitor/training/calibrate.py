@@ -18,25 +18,27 @@ trial every ``c * hop`` seconds, the alarm rate is bounded by::
 (an upper bound, because a long hot stretch counts once per trial here but is one
 alert in the detector). ``p`` is solved from this by bisection.
 
-**Tail model.** Few held-out windows can't show a 1-in-10,000 quantile directly,
-so it is extrapolated: the log of the scores is modelled as Gaussian in its upper
-half, with ``mu = median(log s)`` and ``sigma = (q90 - q50) / 1.2816`` of
-``log s``; the threshold is ``exp(mu + z_{1-p} * sigma)``. The result is never
-below the empirical ``1 - p`` quantile when there are enough windows to see it
+**Tail model (peaks over threshold).** Few held-out windows can't show a
+1-in-10,000 quantile directly, so it is extrapolated. Above ``u``, the 90th
+percentile of ``log(score)``, the excesses ``log(s) - u`` are modelled as
+exponential with mean ``beta`` (their sample mean); that is a Pareto tail on the
+scores, heavier than a Gaussian one, as real score tails are. Then
+``P(s > t) = 0.1 * exp(-(log t - u) / beta)`` and the threshold for a target
+``p < 0.1`` is ``exp(u + beta * ln(0.1 / p))``. The result is never below the
+empirical ``1 - p`` quantile when there are enough windows to see it
 (``N * p >= 1``), and never below the highest held-out normal score otherwise.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 SECONDS_PER = {"hour": 3600.0, "day": 86400.0, "week": 604800.0}
-_Z90 = statistics.NormalDist().inv_cdf(0.9)
+TAIL_QUANTILE = 0.9
 
 
 class CalibrationError(ValueError):
@@ -92,14 +94,23 @@ def window_exceedance_for(alarms_per_hour_target: float, window_hop_seconds: flo
 
 
 def _tail_fit(scores: np.ndarray) -> tuple[float, float]:
-    """``(mu, sigma)`` of the upper-half Gaussian model of ``log(score)``."""
+    """``(u, beta)``: 90th percentile of ``log(score)`` and the mean log-excess above it."""
     floor = max(float(np.max(scores)) * 1e-9, 1e-12)
     logs = np.log(np.maximum(scores, floor))
-    mu = float(np.median(logs))
-    sigma = float(np.quantile(logs, 0.9) - mu) / _Z90
-    if not sigma > 0:
-        sigma = float(np.std(logs)) or 1e-3
-    return mu, sigma
+    u = float(np.quantile(logs, TAIL_QUANTILE))
+    excess = logs[logs > u] - u
+    beta = float(excess.mean()) if excess.size else 0.0
+    if not beta > 0:
+        beta = max(float(np.std(logs)), 1e-3)
+    return u, beta
+
+
+def _tail_exceedance(threshold: float, u: float, beta: float, scores: np.ndarray) -> float:
+    """Modelled P(score > threshold): the exponential tail above ``u``, the empirical fraction below it."""
+    lt = math.log(max(threshold, 1e-300))
+    if lt <= u:
+        return float(np.mean(scores > threshold))
+    return (1.0 - TAIL_QUANTILE) * math.exp(-(lt - u) / beta)
 
 
 def calibrate_threshold(heldout_window_scores: Sequence[float], *, target_alarms_per_hour: float,
@@ -115,18 +126,19 @@ def calibrate_threshold(heldout_window_scores: Sequence[float], *, target_alarms
     if np.any(s < 0):
         raise CalibrationError("held-out scores must be non-negative (MSE or distance)")
     p = window_exceedance_for(target_alarms_per_hour, window_hop_seconds, window_seconds, k, n)
-    mu, sigma = _tail_fit(s)
-    z = statistics.NormalDist().inv_cdf(min(1.0 - p, 1.0 - 1e-15))
-    fitted = math.exp(mu + z * sigma)
+    u, beta = _tail_fit(s)
+    tail_p = 1.0 - TAIL_QUANTILE
+    fitted = math.exp(u + beta * math.log(tail_p / p)) if p < tail_p else float(np.quantile(s, 1.0 - p))
     if s.size * p >= 1.0:
         floor, floor_kind = float(np.quantile(s, 1.0 - p)), "empirical quantile"
     else:
         floor, floor_kind = float(np.max(s)), "held-out maximum"
     threshold = max(fitted, floor)
-    p_at = 1.0 - statistics.NormalDist(mu, sigma).cdf(math.log(threshold))
+    p_at = _tail_exceedance(threshold, u, beta, s)
     c, k_eff, n_eff, _ = _trial_model(window_hop_seconds, window_seconds, k, n)
     basis = {
-        "method": "lognormal upper-tail fit of held-out normal window scores (int8 model, as served); "
+        "method": "exponential tail of log scores above their 90th percentile (peaks over threshold), "
+                  "fitted to held-out normal window scores of the int8 model as served; "
                   f"not below the {floor_kind}",
         "target_false_alarms_per_hour": target_alarms_per_hour,
         "target_false_alarms_per_week": target_alarms_per_hour * 168.0,
@@ -136,7 +148,7 @@ def calibrate_threshold(heldout_window_scores: Sequence[float], *, target_alarms
         "trigger_n": n,
         "rate_model": {"windows_per_trial": c, "k_eff": k_eff, "n_eff": n_eff},
         "window_exceedance_target": p,
-        "tail_fit": {"log_mu": mu, "log_sigma": sigma, "z": z, "fitted_threshold": fitted,
+        "tail_fit": {"log_u": u, "log_beta": beta, "tail_quantile": TAIL_QUANTILE, "fitted_threshold": fitted,
                      "floor": floor, "floor_kind": floor_kind},
         "heldout_files": int(heldout_files),
         "heldout_windows": int(s.size),

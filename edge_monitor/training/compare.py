@@ -226,8 +226,8 @@ def render(results: list[dict], false_alarms: list[dict], methods: Sequence[str]
         lines.append(f"| {c} | {first['n_test_normal']}/{first['n_test_anomalous']} | {level} | "
                      + " | ".join(cells) + " |")
     for kind, label in (("real", "mean AUC, real (window level)"), ("synth", "mean AUC, SYNTHETIC (file level)")):
-        if not cases:
-            break
+        if not any(means[m][kind] for m in methods):
+            continue
         lines.append(f"| **{label}** | | | " + " | ".join(
             _fmt(float(np.mean(means[m][kind])) if means[m][kind] else None) for m in methods) + " |")
     train_s = {m: [r["train_s"] for r in results if r["method"] == m] for m in methods}
