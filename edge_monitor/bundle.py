@@ -113,7 +113,7 @@ def read_metadata_bytes(model: bytes, name: str = METADATA_NAME) -> Optional[byt
             if start + n > len(model):
                 raise BundleError("it is truncated (metadata runs past the end of the file)")
             return bytes(model[start:start + n])
-    except (IndexError, struct.error) as exc:
+    except (IndexError, struct.error):
         raise BundleError("it is truncated or corrupt") from None
     return None
 

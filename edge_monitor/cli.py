@@ -6,7 +6,8 @@ import argparse
 import json
 import logging
 import sys
-from typing import Callable, Optional, Sequence
+from collections.abc import Sequence
+from typing import Callable, Optional
 
 from edge_monitor import __version__
 

@@ -299,8 +299,7 @@ class Daemon:
 
     def _build_machine(self, cfg: Config) -> Machine:
         runner = load_model(cfg.model.path, threads=cfg.model.threads)
-        if cfg.source.type != "microphone" and cfg.source.type == "serial" and \
-                cfg.source.sample_rate != runner.bundle.spec.sample_rate:
+        if cfg.source.type == "serial" and cfg.source.sample_rate != runner.bundle.spec.sample_rate:
             raise ModelError(f"model {cfg.model.path}: it expects {runner.bundle.spec.sample_rate} Hz but "
                              f"{cfg.source_file} sets source.sample_rate {cfg.source.sample_rate} Hz")
         pipeline = Pipeline.from_config(cfg, runner)

@@ -93,22 +93,19 @@ def list_audio_inputs(rates_hz: Sequence[int] = PROBE_RATES_HZ) -> list[dict]:
 
 
 def list_serial_ports() -> list[dict]:
-    """Serial ports (Arduino candidates) as dicts: ``device``, ``description``, ``vid_pid``, ``serial_number``, ``manufacturer``."""
+    """Serial ports (Arduino candidates first) as dicts: ``device``, ``description``, ``vid_pid``, ``serial_number``."""
     try:
-        from serial.tools import list_ports
+        from edge_monitor.sources.serial import list_serial_ports as _ports
+        ports = _ports()
     except ImportError:
         return []
-    ports = []
-    for port in sorted(list_ports.comports(), key=lambda p: p.device):
-        vid_pid = f"{port.vid:04X}:{port.pid:04X}" if port.vid is not None and port.pid is not None else None
-        ports.append({
-            "device": port.device,
-            "description": port.description if port.description not in (None, "n/a") else "",
-            "vid_pid": vid_pid,
-            "serial_number": port.serial_number,
-            "manufacturer": port.manufacturer,
-        })
-    return ports
+    return [{
+        "device": p.device,
+        "description": p.description if p.description not in (None, "n/a") else "",
+        "vid_pid": f"{p.vid:04X}:{p.pid:04X}" if p.vid is not None and p.pid is not None else None,
+        "serial_number": p.serial_number,
+        "likely_arduino": p.likely_arduino,
+    } for p in ports]
 
 
 def _format_rates(rates_hz: Sequence[int]) -> str:

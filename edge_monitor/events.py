@@ -68,7 +68,7 @@ class AlertEvent:
             payload["clip"] = self.clip
         return payload
 
-    def with_clip(self, clip: Optional[str]) -> "AlertEvent":
+    def with_clip(self, clip: Optional[str]) -> AlertEvent:
         """A copy carrying the evidence clip path."""
         return dataclasses.replace(self, clip=clip)
 

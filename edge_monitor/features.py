@@ -102,7 +102,7 @@ class FeatureSpec:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "FeatureSpec":
+    def from_dict(cls, d: dict[str, Any]) -> FeatureSpec:
         """Inverse of ``to_dict``; unknown keys are an error."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
@@ -110,7 +110,7 @@ class FeatureSpec:
             raise FeatureError(f"unknown feature spec keys: {', '.join(unknown)}")
         return cls(**d)
 
-    def same_features(self, other: "FeatureSpec") -> bool:
+    def same_features(self, other: FeatureSpec) -> bool:
         """True when both specs produce the same un-normalised features."""
         a, b = self.to_dict(), other.to_dict()
         for k in ("norm_mean", "norm_std", "frames_per_window"):

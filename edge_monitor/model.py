@@ -27,7 +27,7 @@ class ModelError(BundleError):
     """The model can't be loaded or doesn't fit the audio/config. One sentence, naming the file."""
 
 
-def _interpreter_class() -> tuple[Any, str]:
+def interpreter_class() -> tuple[Any, str]:
     """The first TFLite interpreter class available, and the backend's name."""
     try:
         from ai_edge_litert.interpreter import Interpreter  # type: ignore
@@ -100,7 +100,7 @@ class ModelRunner:
 
     def __init__(self, bundle: ModelBundle, threads: int = 1) -> None:
         self.bundle = bundle
-        cls, self.backend = _interpreter_class()
+        cls, self.backend = interpreter_class()
         try:
             with _quiet_native_stderr():
                 self._interp = cls(model_content=bundle.model_bytes, num_threads=threads)

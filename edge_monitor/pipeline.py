@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 import numpy as np
 
@@ -65,7 +66,7 @@ class Pipeline:
         self.reset()
 
     @classmethod
-    def from_config(cls, cfg: Any, runner: ModelRunner, id_factory: Any = None) -> "Pipeline":
+    def from_config(cls, cfg: Any, runner: ModelRunner, id_factory: Any = None) -> Pipeline:
         """Build from a Config and a loaded model."""
         kwargs = {"id_factory": id_factory} if id_factory else {}
         det = Detector(detector_settings(cfg, runner.bundle.threshold), cfg.machine.id, runner.bundle.ident, **kwargs)
@@ -75,15 +76,13 @@ class Pipeline:
     def reset(self) -> None:
         """Forget buffered audio and features (after a source restart). The detector keeps its state."""
         self.extractor.reset()
-        w, f = self.spec.frames_per_window, self.spec.n_features
-        self._history = np.zeros((0, f), dtype=np.float32)  # last (w - 1) feature rows
+        self._history = np.zeros((0, self.spec.n_features), dtype=np.float32)  # last (w - 1) feature rows
         self._frames_seen = 0
         self._samples_seen = 0
         self._stat_pending = np.zeros(0, dtype=np.float32)
         self._hop_sumsq = np.zeros(0, dtype=np.float64)      # per-hop sum of squares, recent hops only
         self._hop_clipped = np.zeros(0, dtype=np.int64)
         self._hop_base = 0                                    # global index of _hop_sumsq[0]
-        del w
 
     def select(self, samples: np.ndarray) -> np.ndarray:
         """Pick this machine's channel(s) from a ``(frames, channels)`` block → ``(frames,)`` float32."""

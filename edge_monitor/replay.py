@@ -11,6 +11,7 @@ from edge_monitor.config import ConfigError, load_config
 from edge_monitor.features import FeatureError
 from edge_monitor.model import ModelError, load_model
 from edge_monitor.pipeline import Pipeline
+from edge_monitor.scoring import ScoringError, check_file_rate
 from edge_monitor.sinks.console import ConsoleSink
 from edge_monitor.sources.base import SourceError
 from edge_monitor.sources.wavfile import WavFileSource
@@ -54,10 +55,10 @@ def replay(args: argparse.Namespace) -> int:
         source.open()
     except SourceError as exc:
         return fail(str(exc))
-    if source.sample_rate != runner.bundle.spec.sample_rate:
-        return fail(f"{args.file}: sampled at {source.sample_rate} Hz but the model expects "
-                    f"{runner.bundle.spec.sample_rate} Hz; resample it first "
-                    f"(e.g. `sox in.wav -r {runner.bundle.spec.sample_rate} out.wav`)")
+    try:
+        check_file_rate(runner.bundle.spec.sample_rate, source.sample_rate, args.file)
+    except ScoringError as exc:
+        return fail(str(exc))
     needed = max(cfg.source.channels) + 1
     if source.channels < needed:
         return fail(f"{args.file}: has {source.channels} channel(s) but source.channels asks for channel "

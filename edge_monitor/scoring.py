@@ -52,7 +52,7 @@ def load_mono(path: Union[str, Path], sample_rate_hz: int, channel: Any = "mean"
     """Read a WAV as mono float32 at exactly ``sample_rate_hz``; ScoringError otherwise."""
     try:
         audio, rate = read_wav(path)
-        check_sample_rate_or_fail(sample_rate_hz, rate, path)
+        check_file_rate(sample_rate_hz, rate, path)
         return to_mono_float(audio, channel)
     except (WavError, FeatureError) as exc:
         raise ScoringError(str(exc)) from None
@@ -60,8 +60,8 @@ def load_mono(path: Union[str, Path], sample_rate_hz: int, channel: Any = "mean"
         raise ScoringError(f"{path}: cannot read it ({exc.strerror})") from None
 
 
-def check_sample_rate_or_fail(expected_hz: int, actual_hz: int, path: Union[str, Path]) -> None:
-    """Raise ScoringError if a file's rate is not the model's."""
+def check_file_rate(expected_hz: int, actual_hz: int, path: Union[str, Path]) -> None:
+    """Raise ScoringError if a file's rate is not the model's (no silent resampling)."""
     if int(actual_hz) != int(expected_hz):
         raise ScoringError(f"{path}: sampled at {actual_hz} Hz but the model expects {expected_hz} Hz; "
                            f"resample it first (e.g. `sox in.wav -r {expected_hz} out.wav`)")

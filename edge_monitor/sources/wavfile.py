@@ -31,7 +31,7 @@ class WavFileSource:
         self._emitted = 0
 
     @classmethod
-    def from_config(cls, cfg: Any) -> "WavFileSource":
+    def from_config(cls, cfg: Any) -> WavFileSource:
         """Build from a SourceConfig (type: file)."""
         return cls(cfg.path, block_seconds=cfg.block_seconds, realtime=cfg.realtime, loop=cfg.loop)
 

@@ -42,6 +42,7 @@ import numpy as np
 
 from edge_monitor.features import FeatureError, FeatureSpec, extract, windows
 from edge_monitor.scoring import ScoringError, load_mono
+from edge_monitor.training.datasets import channel_arg
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -463,9 +464,9 @@ def _threshold_basis(tflite: bytes, ws: WindowSet, files: Sequence[LabelledFile]
 
 def _int8_probabilities(tflite: bytes, x_raw: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     """Label probabilities ``(n, labels)`` of raw windows through the int8 flatbuffer (batch of 1 at a time)."""
-    from edge_monitor.model import _interpreter_class
+    from edge_monitor.model import interpreter_class
 
-    cls, _ = _interpreter_class()
+    cls, _ = interpreter_class()
     interp = cls(model_content=tflite, num_threads=1)
     interp.allocate_tensors()
     inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
@@ -501,13 +502,6 @@ def classify_file(runner: Any, path: Union[str, Path], *, channel: Any = "mean",
 
 # ---------------------------------------------------------------- CLI
 
-def _channel_arg(text: str) -> Any:
-    if text == "mean":
-        return "mean"
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a channel index (0, 1, ...) or 'mean', got {text!r}") from None
 
 
 def add_train_classifier_arguments(parser: argparse.ArgumentParser) -> None:
@@ -519,7 +513,7 @@ def add_train_classifier_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alert-labels", default=None, metavar="A,B",
                         help="labels that mean an alert (default: every label except 'normal'); "
                              "'none' makes an identify-only model that never alerts (e.g. machine type)")
-    parser.add_argument("--channel", type=_channel_arg, default="mean",
+    parser.add_argument("--channel", type=channel_arg, default="mean",
                         help="channel of multi-channel WAVs to use: an index, or 'mean' (default) to average them")
     parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help=f"training epochs (default {DEFAULT_EPOCHS})")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")

@@ -343,3 +343,28 @@ def split(clips: Iterable[Clip], sizes: Sequence[Union[int, float]], seed: int =
         parts.append(sort_clips(ordered[i] for i in order[start:start + c]))
         start += c
     return parts
+
+
+def parse_channel(text: str) -> Union[str, int, tuple[int, ...]]:
+    """``mean`` | ``N`` | ``N,M,...`` (averaged) → the ``channel`` argument of ``load_audio``/``to_mono_float``.
+
+    Raises ValueError naming the bad text.
+    """
+    t = str(text).strip().lower()
+    if t == "mean":
+        return "mean"
+    try:
+        idx = [int(x) for x in t.split(",")]
+    except ValueError:
+        raise ValueError(f"--channel must be 'mean', an index or a comma-separated list, got {text!r}") from None
+    return idx[0] if len(idx) == 1 else tuple(idx)
+
+
+def channel_arg(text: str) -> Union[str, int, tuple[int, ...]]:
+    """``parse_channel`` as an argparse ``type=``."""
+    import argparse
+
+    try:
+        return parse_channel(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -36,7 +36,7 @@ from edge_monitor.bundle import BundleError
 from edge_monitor.features import extract, windows
 from edge_monitor.scoring import DEFAULT_WINDOW_HOP_SECONDS, ScoringError, hop_frames_for, load_mono
 from edge_monitor.training import metrics
-from edge_monitor.training.datasets import NORMAL, UNKNOWN, DatasetError, load_dataset
+from edge_monitor.training.datasets import NORMAL, UNKNOWN, DatasetError, channel_arg, load_dataset
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -291,13 +291,6 @@ def _summarise(report: dict[str, Any], say: Callable[[str], None]) -> None:
 
 # ---------------------------------------------------------------- CLI
 
-def _channel_arg(text: str) -> Any:
-    if text == "mean":
-        return "mean"
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a channel index (0, 1, ...) or 'mean', got {text!r}") from None
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
@@ -307,7 +300,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
                         help="labelled dataset: MIMII normal/abnormal folders, DCASE file names, "
                              "or one sub-folder per label")
     parser.add_argument("--report", required=True, metavar="OUT", help="folder for index.html, report.json and PNGs")
-    parser.add_argument("--channel", type=_channel_arg, default="mean",
+    parser.add_argument("--channel", type=channel_arg, default="mean",
                         help="channel of multi-channel WAVs: an index, or 'mean' (default) to average them")
     parser.add_argument("--threshold", type=float, default=None, help="override the bundle's threshold")
     parser.add_argument("--window-hop", type=float, default=DEFAULT_WINDOW_HOP_SECONDS,

@@ -137,14 +137,12 @@ def split_heldout(clips: list[_Clip], fraction: float = HELDOUT_FRACTION,
 
 def parse_channel(text: str) -> Any:
     """``mean`` | ``N`` | ``N,M,...`` (averaged) -> the ``channel`` argument of ``to_mono_float``."""
-    t = str(text).strip().lower()
-    if t == "mean":
-        return "mean"
+    from edge_monitor.training.datasets import parse_channel as _parse
+
     try:
-        idx = [int(x) for x in t.split(",")]
-    except ValueError:
-        raise TrainingInputError(f"--channel must be 'mean', an index or a comma-separated list, got {text!r}") from None
-    return idx[0] if len(idx) == 1 else tuple(idx)
+        return _parse(text)
+    except ValueError as exc:
+        raise TrainingInputError(str(exc)) from None
 
 
 # ---------------------------------------------------------------- features and augmentation
