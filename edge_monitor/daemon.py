@@ -98,6 +98,7 @@ class Machine:
                     self._rms.append(event.rms_dbfs)
                 if self.first_score_s is None:
                     self.first_score_s = time.time()
+                    _LOGGER.info("%s: first score %.4g", self.id, event.score)  # start-up benchmarks wait for it
             elif isinstance(event, AlertEvent):
                 if event.type == "start":
                     self.alerts += 1
@@ -361,6 +362,10 @@ class Daemon:
 
     def run(self, max_seconds: Optional[float] = None) -> int:
         """Start everything and supervise until a signal, end of input, or a fatal error."""
+        for m in self.machines:
+            sink = self.mqtt.get(m.id)
+            if sink is not None:   # replace a previous run's retained state, even if nothing changes later
+                sink.handle(StateEvent(m.id, m.pipeline.detector.state, time.time()))
         for sink in self.mqtt.values():
             sink.start()
         for w in self.workers:
