@@ -19,6 +19,7 @@ from edge_monitor.training.synthetic import generate
 from edge_monitor.training.unsupervised import (
     TrainingInputError,
     add_train_arguments,
+    calibration_folds,
     load_clips,
     parse_channel,
     run_train,
@@ -178,6 +179,34 @@ def test_channel_selection_and_heldout_split(tmp_path):
     assert held[0].audio.size == pytest.approx(12 * RATE_HZ, abs=1)
     train, held = split_heldout([clip] * 10)  # every fifth file
     assert (len(train), len(held)) == (8, 2)
+
+
+def test_calibration_folds_hold_out_every_part_exactly_once():
+    from edge_monitor.training.unsupervised import _Clip as clip
+    files = [clip(f"f{i}", np.full(RATE_HZ * 2, i, np.float32)) for i in range(7)]
+    folds = calibration_folds(files, 5)
+    assert len(folds) == 5
+    held = [c.path for _, h in folds for c in h]
+    assert sorted(held) == sorted(c.path for c in files)  # each file held out once
+    for train, h in folds:
+        assert not {c.path for c in train} & {c.path for c in h}
+        assert len(train) + len(h) == 7
+    # fewer files than folds: five contiguous parts of each file, part k held out in fold k
+    two = [clip("a", np.arange(10 * RATE_HZ, dtype=np.float32)), clip("b", np.zeros(7 * RATE_HZ, np.float32))]
+    folds = calibration_folds(two, 5)
+    assert all(len(h) == 2 and len(t) == 8 for t, h in folds)
+    a_parts = [h[0].audio for _, h in folds]
+    assert np.array_equal(np.concatenate(a_parts), two[0].audio)  # nothing lost, nothing repeated
+    assert calibration_folds(files, 1)[0][1] == split_heldout(files)[1]
+
+
+def test_stats_calibrates_on_out_of_fold_scores(trained):
+    path, summary, lines = trained["stats"]
+    assert summary["calibration_folds"] == 5
+    assert "5-fold out-of-fold" in summary["threshold_basis"]["heldout_scheme"]
+    assert summary["train_parts"] == summary["files"] == 4  # the shipped model sees all the audio
+    assert summary["heldout_parts"] == 4 * 5  # 4 files < 5 folds: 5 parts of each, each scored once
+    assert sum(1 for line in lines if line.startswith("calibration fold")) == 5
 
 
 def test_rate_model_and_threshold():

@@ -2,14 +2,52 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
-from collections.abc import Iterable
+import os
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterable, Iterator
 from typing import Any, Callable
 
 import numpy as np
 
 from edge_monitor.bundle import FORMAT_VERSION, METADATA_NAME, file_sha256, validate_metadata
+
+
+@contextlib.contextmanager
+def _converter_chatter_captured() -> Iterator[None]:
+    """Keep the converter's prints ("Saved artifact at ...", MLIR notes) off the terminal.
+
+    Its output goes to a temporary file at the file-descriptor level (much of it comes from C++); if the
+    conversion fails, that output is written to stderr so the reason isn't lost.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as sink:
+        saved = [os.dup(1), os.dup(2)]
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        failed = False
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
+                yield
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            if failed:
+                sink.seek(0)
+                sys.stderr.write(sink.read().decode("utf-8", "replace")[-20000:])
 
 
 def convert_int8(keras_model: Any, representative: Iterable[np.ndarray]) -> bytes:
@@ -28,7 +66,8 @@ def convert_int8(keras_model: Any, representative: Iterable[np.ndarray]) -> byte
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
-    return bytes(converter.convert())
+    with _converter_chatter_captured():
+        return bytes(converter.convert())
 
 
 def embed_metadata(tflite: bytes, meta: dict) -> bytes:

@@ -2,7 +2,7 @@
 
 Steps (each reported through ``progress``)::
 
-    read WAVs (mono mix or chosen channels, 16 kHz)  -> hold out ~20% for calibration
+    read WAVs (mono mix or chosen channels, 16 kHz)  -> calibration folds (below)
     log-mel features, normalisation fitted on the training part
     train the model (method below) for a fixed epoch budget, single-threaded, seeded
     full-int8 TFLite conversion with a representative dataset (batch size 1)
@@ -21,8 +21,12 @@ Methods (chosen by measurement, see docs/detection.md):
 * ``dense_ae``: the DCASE 2020 baseline, dense autoencoder on 5 stacked frames of
   128 mels (kind ``autoencoder``).
 
-Held-out split: with 5 or more files every fifth file (sorted by path) is held
-out; with fewer, the last 20% of every file is.
+Calibration data: ``stats`` is fitted once per fold of a 5-fold split over the
+recordings (over five contiguous parts of each recording when there are fewer
+than five), so the threshold sees how much unseen recordings of the same machine
+differ; the shipped model is then fitted on everything. The gradient-trained
+methods hold out one split instead: every fifth file (sorted by path), or with
+fewer files the last 20% of every file.
 """
 
 from __future__ import annotations
@@ -54,6 +58,8 @@ MIN_HELDOUT_SECONDS = 3.0
 MAX_TRAIN_WINDOWS = 6000           # deterministic subsample above this (keeps 10 min under 2 min of training)
 REPRESENTATIVE_WINDOWS = 200
 CALIBRATION_OVERSAMPLE = 8       # held-out windows scored 8x denser than the daemon's hop
+CALIBRATION_FOLDS = 5            # K-fold calibration for methods cheap enough to fit K + 1 times
+CROSS_FITTED_METHODS = ("stats",)
 
 _SPECS = {
     "stats": FeatureSpec(n_mels=64, frames_per_window=32),
@@ -133,6 +139,27 @@ def split_heldout(clips: list[_Clip], fraction: float = HELDOUT_FRACTION,
         train.append(_Clip(c.path + f"[0:{cut}]", c.audio[:cut]))
         held.append(_Clip(c.path + f"[{cut}:]", c.audio[cut:]))
     return train, held
+
+
+def calibration_folds(clips: list[_Clip], n_folds: int,
+                      sample_rate_hz: int = 16000) -> list[tuple[list[_Clip], list[_Clip]]]:
+    """``[(train, heldout), ...]`` for calibration.
+
+    ``n_folds == 1``: the single split of ``split_heldout``. Otherwise K-fold: with at least ``n_folds`` files,
+    file ``i`` is held out in fold ``i % n_folds``; with fewer, every file is cut into ``n_folds`` contiguous
+    parts and fold ``k`` holds out part ``k`` of every file.
+    """
+    if n_folds <= 1:
+        return [split_heldout(clips, sample_rate_hz=sample_rate_hz)]
+    if len(clips) >= n_folds:
+        parts = [(i % n_folds, c) for i, c in enumerate(clips)]
+    else:
+        parts = []
+        for c in clips:
+            edges = np.linspace(0, c.audio.size, n_folds + 1).round().astype(int)
+            parts += [(k, _Clip(c.path + f"[{edges[k]}:{edges[k + 1]}]", c.audio[edges[k]:edges[k + 1]]))
+                      for k in range(n_folds)]
+    return [([c for f, c in parts if f != k], [c for f, c in parts if f == k]) for k in range(n_folds)]
 
 
 def parse_channel(text: str) -> Any:
@@ -333,6 +360,97 @@ def _write_bundle(tflite: bytes, meta: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+@dataclasses.dataclass
+class _Fitted:
+    """A trained, int8-converted model with everything but its threshold."""
+
+    tflite: bytes
+    meta: dict[str, Any]
+    spec: FeatureSpec
+    trained: _Trained
+    train_windows: int
+
+
+def _fit(method: str, train_clips: list[_Clip], base_spec: FeatureSpec, epochs: int, rng: np.random.Generator,
+         say: Progress) -> _Fitted:
+    """Features, normalisation, training, int8 conversion and (embeddings) the normal statistics."""
+    from edge_monitor.features import normalise
+    from edge_monitor.model import load_model
+    from edge_monitor.training.export import convert_int8
+
+    raw_feats = [extract(base_spec, c.audio) for c in train_clips]
+    mean, std = _fit_norm(raw_feats)
+    spec = dataclasses.replace(base_spec, norm_mean=mean, norm_std=std)
+    raw_windows = _subsample(_window_stack(spec, raw_feats, _TRAIN_HOP_FRAMES[method]), MAX_TRAIN_WINDOWS, rng)
+    if raw_windows.shape[0] < 8:
+        raise TrainingInputError(f"the normal audio gives only {raw_windows.shape[0]} training windows; "
+                                 "give longer recordings")
+    x = normalise(spec, raw_windows)
+    say(f"features: {raw_windows.shape[0]} windows of {spec.frames_per_window} x {spec.n_features}, "
+        f"normalisation mean {mean:.2f} dB std {std:.2f} dB")
+    say(f"training {method} ({epochs} epochs)")
+    if method == "stats":
+        trained = _train_stats(x)
+    elif method == "oe_cnn":
+        trained = _train_oe_cnn(x, raw_windows, spec, max(1, epochs), rng, say)
+    else:
+        trained = _train_autoencoder(method, x, max(1, epochs), say)
+
+    say("converting to int8 TFLite")
+    rep_idx = np.sort(rng.choice(x.shape[0], min(REPRESENTATIVE_WINDOWS, x.shape[0]), replace=False))
+    rep = [x[i:i + 1] for i in rep_idx]
+    if trained.kind == "embedding":  # let the output range cover faults too, so anomalies aren't clipped early
+        aug_db, _ = _augmented(raw_windows, 8, rng)
+        rep += [normalise(spec, a)[None] for a in aug_db]
+    tflite = convert_int8(trained.export_model, rep)
+    meta: dict[str, Any] = {
+        "name": "calibration",
+        "version": "1",
+        "kind": trained.kind,
+        "feature_spec": spec.to_dict(),
+        "input_shape": [1, spec.frames_per_window, spec.n_features],
+        "threshold": 0.0,
+    }
+    if trained.kind == "autoencoder":
+        meta["score"] = {"type": "mse"}
+    else:
+        # the normal statistics are fitted on the int8 model's own outputs, so the runtime scores what was fitted
+        d = int(np.prod(trained.export_model.output_shape[1:]))
+        meta["score"] = {"type": "mahalanobis", "mean": [0.0] * d, "precision": np.eye(d).tolist()}
+        with tempfile.TemporaryDirectory(prefix="edge-monitor-train-") as tmpd:
+            tmp_bundle = Path(tmpd) / "model.tflite"
+            _write_bundle(tflite, meta, tmp_bundle)
+            runner = load_model(tmp_bundle)
+            fit_idx = np.sort(rng.choice(x.shape[0], min(3000, x.shape[0]), replace=False))
+            emb = np.stack([runner.infer(x[i]).reshape(-1) for i in fit_idx]).astype(np.float64)
+            runner.close()
+        emb_mean = emb.mean(axis=0)
+        precision = np.linalg.inv(_shrunk_cov(emb - emb_mean))
+        meta["score"] = {"type": "mahalanobis", "mean": emb_mean.tolist(), "precision": precision.tolist()}
+    return _Fitted(tflite, meta, spec, trained, int(x.shape[0]))
+
+
+def _heldout_scores(fitted: _Fitted, clips: list[_Clip], window_hop_seconds: float) -> tuple[list, list]:
+    """``(dense, daemon)`` window scores of ``clips`` through the int8 runtime the daemon uses.
+
+    Dense scores are taken CALIBRATION_OVERSAMPLE times more often than the daemon's hop: the same per-window
+    score distribution, more samples of its tail. Every k-th dense score is the daemon's own sequence.
+    """
+    from edge_monitor.model import load_model
+    from edge_monitor.scoring import hop_frames_for, window_scores
+
+    with tempfile.TemporaryDirectory(prefix="edge-monitor-train-") as tmpd:
+        tmp_bundle = Path(tmpd) / "model.tflite"
+        _write_bundle(fitted.tflite, fitted.meta, tmp_bundle)
+        runner = load_model(tmp_bundle)
+        hop_frames = hop_frames_for(runner, window_hop_seconds)
+        dense_hop = max(1, hop_frames // CALIBRATION_OVERSAMPLE)
+        stride = max(1, hop_frames // dense_hop)
+        dense = [window_scores(runner, c.audio, dense_hop) for c in clips]
+        runner.close()
+    return dense, [s[::stride] for s in dense]
+
+
 def train_unsupervised(normal_paths: Sequence[Union[str, Path]], out_path: Union[str, Path], *,
                        method: str = DEFAULT_METHOD, target_false_alarms_per_hour: float = 1.0 / 168.0,
                        window_hop_seconds: float = 0.5, trigger_k: int = 3, trigger_n: int = 5,
@@ -343,12 +461,13 @@ def train_unsupervised(normal_paths: Sequence[Union[str, Path]], out_path: Union
 
     ``normal_paths``: WAV files and/or directories of normal recordings (16 kHz, any channel count).
     Raises TrainingInputError for unusable input.
+
+    Calibration (``stats``, cheap to fit): K-fold over recordings. Each fold's model is fitted without that
+    fold's recordings and scores them, so every recording contributes out-of-fold scores that include the
+    variation *between* recordings; the shipped model is then fitted on all the audio. Gradient-trained
+    methods use one split instead (every fifth recording held out) and ship the model fitted without it.
     """
-    from edge_monitor.features import normalise
-    from edge_monitor.model import load_model
-    from edge_monitor.scoring import hop_frames_for, window_scores
     from edge_monitor.training.calibrate import calibrate_threshold, count_alerts
-    from edge_monitor.training.export import convert_int8
 
     say: Progress = progress or (lambda msg: _LOGGER.info("%s", msg))
     if method not in METHODS:
@@ -371,82 +490,46 @@ def train_unsupervised(normal_paths: Sequence[Union[str, Path]], out_path: Union
                                  f"(recommended {RECOMMENDED_TRAIN_SECONDS:.0f} s to 10 min)")
     if total_s < RECOMMENDED_TRAIN_SECONDS:
         say(f"warning: only {total_s:.0f} s of normal audio; {RECOMMENDED_TRAIN_SECONDS:.0f} s or more is recommended")
-    train_clips, held_clips = split_heldout(clips, sample_rate_hz=base_spec.sample_rate)
-    say(f"read {len(files)} file(s), {total_s:.1f} s of audio; {len(train_clips)} training part(s), "
-        f"{len(held_clips)} held out for calibration")
-    stages["read_s"] = time.perf_counter() - t_start
-
-    t0 = time.perf_counter()
-    raw_feats = [extract(base_spec, c.audio) for c in train_clips]
-    mean, std = _fit_norm(raw_feats)
-    spec = dataclasses.replace(base_spec, norm_mean=mean, norm_std=std)
-    rng = np.random.default_rng(seed)
-    hop = _TRAIN_HOP_FRAMES[method]
-    raw_windows = _subsample(_window_stack(spec, raw_feats, hop), MAX_TRAIN_WINDOWS, rng)
-    if raw_windows.shape[0] < 8:
-        raise TrainingInputError(f"the normal audio gives only {raw_windows.shape[0]} training windows; "
-                                 "give longer recordings")
-    x = normalise(spec, raw_windows)
-    stages["features_s"] = time.perf_counter() - t0
-    say(f"features: {raw_windows.shape[0]} windows of {spec.frames_per_window} x {spec.n_features}, "
-        f"normalisation mean {mean:.2f} dB std {std:.2f} dB")
-
-    t0 = time.perf_counter()
-    _setup_tf(seed)
     n_epochs = _DEFAULT_EPOCHS[method] if epochs is None else int(epochs)
-    say(f"training {method} ({n_epochs} epochs)")
-    if method == "stats":
-        trained = _train_stats(x)
-    elif method == "oe_cnn":
-        trained = _train_oe_cnn(x, raw_windows, spec, max(1, n_epochs), rng, say)
+    rng = np.random.default_rng(seed)
+    _setup_tf(seed)
+    cross_fit = method in CROSS_FITTED_METHODS
+    folds = calibration_folds(clips, CALIBRATION_FOLDS if cross_fit else 1, sample_rate_hz=base_spec.sample_rate)
+    stages["read_s"] = time.perf_counter() - t_start
+    if cross_fit:
+        say(f"read {len(files)} file(s), {total_s:.1f} s of audio; {len(folds)}-fold calibration over "
+            f"{len(folds[0][1]) * len(folds)} part(s)")
     else:
-        trained = _train_autoencoder(method, x, max(1, n_epochs), say)
-    stages["train_s"] = time.perf_counter() - t0
+        say(f"read {len(files)} file(s), {total_s:.1f} s of audio; {len(folds[0][0])} training part(s), "
+            f"{len(folds[0][1])} held out for calibration")
 
     t0 = time.perf_counter()
-    say("converting to int8 TFLite")
-    rep_idx = np.sort(rng.choice(x.shape[0], min(REPRESENTATIVE_WINDOWS, x.shape[0]), replace=False))
-    rep = [x[i:i + 1] for i in rep_idx]
-    if trained.kind == "embedding":  # let the output range cover faults too, so anomalies aren't clipped early
-        aug_db, _ = _augmented(raw_windows, 8, rng)
-        rep += [normalise(spec, a)[None] for a in aug_db]
-    tflite = convert_int8(trained.export_model, rep)
-    stages["convert_s"] = time.perf_counter() - t0
+    dense_scores: list[np.ndarray] = []
+    held_scores: list[np.ndarray] = []
+    held_clips: list[_Clip] = []
+    if cross_fit:
+        quiet: Progress = lambda _msg: None  # noqa: E731 - fold models would repeat every line
+        for i, (fold_train, fold_held) in enumerate(folds, start=1):
+            say(f"calibration fold {i}/{len(folds)}: fitting on {len(fold_train)} part(s), "
+                f"scoring {len(fold_held)}")
+            fold_model = _fit(method, fold_train, base_spec, n_epochs, rng, quiet)
+            dense, daemon_seq = _heldout_scores(fold_model, fold_held, window_hop_seconds)
+            dense_scores += dense
+            held_scores += daemon_seq
+            held_clips += fold_held
+        stages["cross_fit_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        train_clips = clips
+        fitted = _fit(method, train_clips, base_spec, n_epochs, rng, say)
+        stages["train_s"] = time.perf_counter() - t0
+    else:
+        train_clips, held_clips = folds[0]
+        fitted = _fit(method, train_clips, base_spec, n_epochs, rng, say)
+        stages["train_s"] = time.perf_counter() - t0
+        dense_scores, held_scores = _heldout_scores(fitted, held_clips, window_hop_seconds)
 
     t0 = time.perf_counter()
-    meta: dict[str, Any] = {
-        "name": name or out.stem,
-        "version": "1",
-        "kind": trained.kind,
-        "feature_spec": spec.to_dict(),
-        "input_shape": [1, spec.frames_per_window, spec.n_features],
-        "threshold": 0.0,
-    }
-    with tempfile.TemporaryDirectory(prefix="edge-monitor-train-") as tmpd:
-        tmp_bundle = Path(tmpd) / "model.tflite"
-        if trained.kind == "autoencoder":
-            meta["score"] = {"type": "mse"}
-        else:
-            d = int(np.prod(trained.export_model.output_shape[1:]))
-            meta["score"] = {"type": "mahalanobis", "mean": [0.0] * d, "precision": np.eye(d).tolist()}
-            _write_bundle(tflite, meta, tmp_bundle)
-            runner = load_model(tmp_bundle)
-            fit_idx = np.sort(rng.choice(x.shape[0], min(3000, x.shape[0]), replace=False))
-            emb = np.stack([runner.infer(x[i]).reshape(-1) for i in fit_idx]).astype(np.float64)
-            runner.close()
-            emb_mean = emb.mean(axis=0)
-            precision = np.linalg.inv(_shrunk_cov(emb - emb_mean))
-            meta["score"] = {"type": "mahalanobis", "mean": emb_mean.tolist(), "precision": precision.tolist()}
-        _write_bundle(tflite, meta, tmp_bundle)
-        runner = load_model(tmp_bundle)
-        hop_frames = hop_frames_for(runner, window_hop_seconds)
-        # Score the held-out audio CALIBRATION_OVERSAMPLE times more densely than the daemon does: the same
-        # per-window score distribution, more samples of its tail. Every k-th score is the daemon's sequence.
-        dense_hop = max(1, hop_frames // CALIBRATION_OVERSAMPLE)
-        stride = max(1, hop_frames // dense_hop)
-        dense_scores = [window_scores(runner, c.audio, dense_hop) for c in held_clips]
-        held_scores = [s[::stride] for s in dense_scores]
-        runner.close()
+    spec = fitted.spec
     all_held = np.concatenate(dense_scores) if dense_scores else np.zeros(0)
     # the detector's window: the model window plus the hop (at least one hop of audio per score)
     window_seconds = max(spec.window_seconds, window_hop_seconds)
@@ -458,18 +541,24 @@ def train_unsupervised(normal_paths: Sequence[Union[str, Path]], out_path: Union
                  for s in held_scores)
     basis["heldout_seconds"] = held_seconds
     basis["heldout_alerts"] = alerts
+    basis["heldout_scheme"] = (f"{len(folds)}-fold out-of-fold scores (each part scored by a model fitted "
+                               "without it); the shipped model is fitted on all the audio" if cross_fit else
+                               "one held-out split (every fifth recording, or the last 20% of each when there "
+                               "are fewer than 5); the shipped model is fitted without it")
     stages["calibrate_s"] = time.perf_counter() - t0
     say(f"threshold {threshold:.4g}: held-out median {basis['heldout_percentiles']['50']:.4g}, "
         f"max {basis['heldout_percentiles']['100']:.4g}; {alerts} alert(s) in {held_seconds:.0f} s of held-out "
         f"normal audio; expected {basis['expected_false_alarms_per_hour'] * 168:.3g} false alarm(s) per week")
 
+    trained = fitted.trained
     training = {
         "method": method,
         "files": len(files),
         "seconds": total_s,
         "train_parts": len(train_clips),
         "heldout_parts": len(held_clips),
-        "train_windows": int(x.shape[0]),
+        "calibration_folds": len(folds),
+        "train_windows": fitted.train_windows,
         "sources": sorted({str(Path(f).parent) for f in files}),
         "machine_type": machine_type,
         "channel": channel if isinstance(channel, (str, int)) else list(channel),
@@ -477,8 +566,9 @@ def train_unsupervised(normal_paths: Sequence[Union[str, Path]], out_path: Union
         "final_loss": trained.final_loss,
         "seed": seed,
     }
-    meta.update(threshold=float(threshold), threshold_basis=basis, training=training)
-    _write_bundle(tflite, meta, out)
+    meta = dict(fitted.meta, name=name or out.stem, threshold=float(threshold), threshold_basis=basis,
+                training=training)
+    _write_bundle(fitted.tflite, meta, out)
     stages["total_s"] = time.perf_counter() - t_start
     training["timings"] = stages
     say(f"wrote {out} ({out.stat().st_size // 1024} KiB) in {stages['total_s']:.1f} s")
