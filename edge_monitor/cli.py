@@ -102,6 +102,12 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_identify(args: argparse.Namespace) -> int:
+    """Say which machine type the configured source sounds like."""
+    from edge_monitor.machine_check import run_identify
+    return run_identify(args)
+
+
 def cmd_record(args: argparse.Namespace) -> int:
     """Capture training audio from the configured source."""
     from edge_monitor.record import record
@@ -165,6 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output folder (one WAV per --clip-seconds)")
     s.add_argument("--clip-seconds", type=float, default=10.0, help="length of each WAV (seconds)")
     s.set_defaults(func=cmd_record)
+
+    s = sub.add_parser("identify", help="listen to the configured source and say which machine type it sounds like")
+    from edge_monitor.machine_check import add_identify_arguments
+    add_identify_arguments(s)
+    s.set_defaults(func=cmd_identify)
 
     for verb, module, add, run, help_text in (
         ("train", "unsupervised", "add_train_arguments", "run_train",

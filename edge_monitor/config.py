@@ -37,6 +37,13 @@ class MachineConfig:
     type: str = _f("unknown", help="Machine type: fan, pump, slider, valve, pipe or unknown",
                    choices=("fan", "pump", "slider", "valve", "pipe", "unknown"))
     name: str = _f("", help="Human-readable name shown in Home Assistant (defaults to id)")
+    type_check_model: Optional[str] = _f(None, help="Machine-type classifier (e.g. models/machine-type.tflite) that "
+                                         "checks at start-up that the audio sounds like `type`; off when null "
+                                         "(relative paths are relative to the config file)")
+    type_check_seconds: float = _f(30.0, help="Seconds of non-silent audio the machine-type check listens to",
+                                   lo=2.0, hi=3600.0)
+    type_check_min_confidence: float = _f(0.6, help="Mean probability of another type needed to report "
+                                          "wrong_machine (0-1)", lo=0.0, hi=1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -373,6 +380,7 @@ def parse_config(text: str, fname: str = "<config>", base_dir: Optional[Path] = 
     base = base_dir or Path(".")
     cfg = dataclasses.replace(
         cfg,
+        machine=dataclasses.replace(cfg.machine, type_check_model=_resolve(base, cfg.machine.type_check_model)),
         model=dataclasses.replace(cfg.model, path=_resolve(base, cfg.model.path)),
         source=dataclasses.replace(cfg.source, path=_resolve(base, cfg.source.path)),
         mqtt=dataclasses.replace(

@@ -152,6 +152,8 @@ class Machine:
         }
         if self.clips is not None:
             out["clips"] = self.clips.stats()
+        if self.pipeline.type_check_result is not None:
+            out["type_check"] = self.pipeline.type_check_result.to_json()
         return out
 
     def close(self) -> None:

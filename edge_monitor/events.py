@@ -49,6 +49,7 @@ class AlertEvent:
     model: str = ""
     episode: str = ""
     clip: Optional[str] = None
+    label: Optional[str] = None         # classifier bundles: the alert label with the most probability
 
     def to_payload(self) -> dict[str, Any]:
         """The JSON object published on ``<prefix>/alert`` (see DESIGN.md)."""
@@ -66,6 +67,8 @@ class AlertEvent:
             payload["ended_at"] = utc_iso(self.ended_at_s)
         if self.clip is not None:
             payload["clip"] = self.clip
+        if self.label is not None:
+            payload["label"] = self.label
         return payload
 
     def with_clip(self, clip: Optional[str]) -> AlertEvent:
@@ -110,6 +113,16 @@ class ScoreEvent:
     threshold: float
     rms_dbfs: float
     latency_ms: float  # feature + inference time for this window
+    probabilities: Optional[tuple[tuple[str, float], ...]] = None  # classifier bundles: (label, probability) pairs
+
+    def to_payload(self) -> dict[str, Any]:
+        """JSON form for ``replay --scores``: time, score, level and, for classifiers, label probabilities."""
+        payload: dict[str, Any] = {"machine": self.machine, "t": round(self.at_s, 3), "score": round(self.score, 6),
+                                   "rms_dbfs": round(self.rms_dbfs, 1)}
+        if self.probabilities is not None:
+            payload["label"] = max(self.probabilities, key=lambda lp: lp[1])[0]
+            payload["probabilities"] = {label: round(p, 4) for label, p in self.probabilities}
+        return payload
 
 
 Event = Union[AlertEvent, HealthEvent, StateEvent, ScoreEvent]

@@ -16,6 +16,7 @@ Data flow for one block::
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Sequence
@@ -24,8 +25,9 @@ from typing import Any, Optional
 import numpy as np
 
 from edge_monitor.detector import Detector, DetectorSettings
-from edge_monitor.events import Event, ScoreEvent
+from edge_monitor.events import AlertEvent, Event, ScoreEvent
 from edge_monitor.features import FeatureError, StreamingExtractor, to_mono_float
+from edge_monitor.machine_check import MachineTypeCheck, TypeCheckResult, make_type_check
 from edge_monitor.model import ModelRunner
 from edge_monitor.sources.base import Block
 
@@ -63,6 +65,14 @@ class Pipeline:
         self.windows_scored = 0
         self.last_score: Optional[float] = None
         self.last_rms_dbfs = -160.0
+        bundle = runner.bundle
+        self._classifier = bundle.kind == "classifier"
+        self._alert_idx = np.array([bundle.labels.index(a) for a in bundle.alert_labels], dtype=np.intp) \
+            if self._classifier else np.zeros(0, dtype=np.intp)
+        self._recent_alert_probs: list[np.ndarray] = []   # alert-label probabilities of the last trigger_n windows
+        self._episode_alert_probs: Optional[np.ndarray] = None  # summed over the open alert
+        self.type_check: Optional[MachineTypeCheck] = None      # install-time check; dropped once it has decided
+        self.type_check_result: Optional[TypeCheckResult] = None
         self.reset()
 
     @classmethod
@@ -70,8 +80,10 @@ class Pipeline:
         """Build from a Config and a loaded model."""
         kwargs = {"id_factory": id_factory} if id_factory else {}
         det = Detector(detector_settings(cfg, runner.bundle.threshold), cfg.machine.id, runner.bundle.ident, **kwargs)
-        return cls(runner, det, channels=cfg.source.channels, mix=cfg.source.mix,
-                   window_hop_seconds=cfg.detection.window_hop_seconds)
+        pipeline = cls(runner, det, channels=cfg.source.channels, mix=cfg.source.mix,
+                       window_hop_seconds=cfg.detection.window_hop_seconds)
+        pipeline.type_check = make_type_check(cfg, runner.bundle.spec.sample_rate, det.settings.silence_dbfs)
+        return pipeline
 
     def reset(self) -> None:
         """Forget buffered audio and features (after a source restart). The detector keeps its state."""
@@ -101,6 +113,14 @@ class Pipeline:
 
     def process_mono(self, mono: np.ndarray, t_s: float) -> list[Event]:
         """Process mono float32 samples whose first sample was taken at UNIX time ``t_s``."""
+        if self.type_check is None:
+            return self._process_mono(mono, t_s)
+        events = self.type_check.process(mono, t_s)
+        if self.type_check.done:
+            self.type_check_result, self.type_check = self.type_check.result, None
+        return events + self._process_mono(mono, t_s)
+
+    def _process_mono(self, mono: np.ndarray, t_s: float) -> list[Event]:
         sr = self.spec.sample_rate
         t_origin = t_s - self._samples_seen / sr
         self._samples_seen += mono.size
@@ -165,21 +185,53 @@ class Pipeline:
         settings = self.detector.settings
         score: Optional[float] = None
         latency_ms = 0.0
+        probs: Optional[np.ndarray] = None
         if level_dbfs >= settings.silence_dbfs:
             t0 = time.perf_counter()
-            score = self.runner.process(window)
+            if self._classifier:
+                probs = self.runner.probabilities(window)
+                score = float(probs[self._alert_idx].sum())  # summed probability of the alert labels
+            else:
+                score = self.runner.process(window)
             latency_ms = (time.perf_counter() - t0) * 1e3
             self.windows_scored += 1
             self.last_score = score
         events = self.detector.process(score, t_end, level_dbfs, clip_fraction)
+        if self._classifier:
+            events = self._label_alerts(events, probs)
         if score is not None:
-            events.append(ScoreEvent(self.detector.machine, t_end, score, settings.threshold, level_dbfs, latency_ms))
+            pairs = None if probs is None else tuple(zip(self.runner.bundle.labels, (float(p) for p in probs)))
+            events.append(ScoreEvent(self.detector.machine, t_end, score, settings.threshold, level_dbfs, latency_ms,
+                                     pairs))
         return events
+
+    def _label_alerts(self, events: list[Event], probs: Optional[np.ndarray]) -> list[Event]:
+        """Name the winning alert label on classifier alerts: over the trigger windows (start) or the episode (end)."""
+        if probs is not None:
+            alert_probs = probs[self._alert_idx]
+            self._recent_alert_probs = (self._recent_alert_probs + [alert_probs])[-self.detector.settings.trigger_n:]
+            if self._episode_alert_probs is not None:
+                self._episode_alert_probs = self._episode_alert_probs + alert_probs
+        out: list[Event] = []
+        for event in events:
+            if isinstance(event, AlertEvent) and self._alert_idx.size:
+                if event.type == "start":
+                    self._episode_alert_probs = np.sum(self._recent_alert_probs, axis=0) \
+                        if self._recent_alert_probs else np.zeros(self._alert_idx.size)
+                totals = self._episode_alert_probs
+                if totals is not None:
+                    event = dataclasses.replace(event, label=self.runner.bundle.alert_labels[int(np.argmax(totals))])
+                if event.type == "end":
+                    self._episode_alert_probs = None
+            out.append(event)
+        return out
 
     def update_settings(self, settings: DetectorSettings) -> None:
         """Reload detector settings without touching audio state."""
         self.detector.update_settings(settings)
 
     def close(self) -> None:
-        """Release the model."""
+        """Release the model (and the machine-type check's, if it is still listening)."""
+        if self.type_check is not None:
+            self.type_check.close()
         self.runner.close()

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import json
 import sys
 from typing import Optional
 
 from edge_monitor.config import ConfigError, load_config
+from edge_monitor.events import ScoreEvent
 from edge_monitor.features import FeatureError
 from edge_monitor.model import ModelError, load_model
 from edge_monitor.pipeline import Pipeline
@@ -63,8 +65,11 @@ def replay(args: argparse.Namespace) -> int:
     if source.channels < needed:
         return fail(f"{args.file}: has {source.channels} channel(s) but source.channels asks for channel "
                     f"{needed - 1}")
-    pipeline = Pipeline.from_config(cfg, runner)
-    sink = ConsoleSink(sys.stdout, scores=args.scores)
+    try:
+        pipeline = Pipeline.from_config(cfg, runner)
+    except ModelError as exc:
+        return fail(str(exc))
+    sink = ConsoleSink(sys.stdout)
     try:
         while True:
             try:
@@ -74,6 +79,10 @@ def replay(args: argparse.Namespace) -> int:
             if block is None:
                 continue
             for event in pipeline.process(block):
+                if isinstance(event, ScoreEvent):
+                    if args.scores:  # with label probabilities for classifier bundles
+                        print(json.dumps({"event": "score", **event.to_payload()}), flush=True)
+                    continue
                 sink.handle(event)
     except FeatureError as exc:
         return fail(str(exc))
