@@ -48,6 +48,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             return _fail(f"{args.config}: source.sample_rate is {cfg.source.sample_rate} Hz but the model "
                          f"{cfg.model.path} expects {rate} Hz; set source.sample_rate: {rate}")
         runner.close()
+        if cfg.machine.type_check_model:
+            from edge_monitor.machine_check import make_type_check
+            try:
+                check = make_type_check(cfg, rate, cfg.health.silence_dbfs)
+            except ModelError as exc:
+                return _fail(str(exc))
+            if check is not None:
+                check.close()
     print(f"{args.config}: ok (machine {cfg.machine.id}, source {cfg.source.type}, model {cfg.model.path})")
     return EXIT_OK
 

@@ -180,7 +180,10 @@ def make_type_check(cfg: Any, sample_rate_hz: int, silence_dbfs: float) -> Optio
     if m.type == "unknown":
         _LOGGER.info("%s: machine.type is unknown, so the machine-type check is skipped", m.id)
         return None
-    runner = load_model(m.type_check_model)
+    try:
+        runner = load_model(m.type_check_model)
+    except ModelError as exc:
+        raise ModelError(f"machine.type_check_model: {exc}") from None
     if runner.bundle.kind != "classifier":
         runner.close()
         raise ModelError(f"machine.type_check_model {m.type_check_model}: a machine-type classifier is needed, "
