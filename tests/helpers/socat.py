@@ -8,12 +8,20 @@
   commands the gateway sends back, keeping an alarm state like the firmware.
   The real firmware is exercised in simavr (tests/helpers/simavr.py); this fake
   lets tests script exact byte streams (garbage, gaps, resets).
+- ``RecordingPlayer``: the board for a whole recording, in real time. It runs
+  the command-line player a maintenance engineer would use
+  (``python -m edge_monitor.sources.serial_protocol --play FILE --port A
+  --json``) as a child process and collects its events: when the stream
+  started (the first sample's wall time) and every command the gateway sent.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -134,3 +142,59 @@ class FakeArduino:
                 elif cmd.cmd == sp.Command.PING:
                     reply = bytes([sp.Command.PING, sp.Status.OK, 1, 1, 0, 0]) + b"fake"
                     self.write(sp.encode_reply(reply, sample_rate_hz=self.sample_rate_hz))
+
+
+class RecordingPlayer:
+    """``python -m edge_monitor.sources.serial_protocol --play WAV --port PORT --json`` as a child process."""
+
+    def __init__(self, port: str, wav: Path, *, loop: bool = False) -> None:
+        """Start the player on ``port``; it streams once the gateway has sent its first bytes."""
+        repo_root = Path(__file__).resolve().parents[2]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env["PYTHONPATH"] = str(repo_root) + os.pathsep + env.get("PYTHONPATH", "")
+        cmd = [sys.executable, "-m", "edge_monitor.sources.serial_protocol", "--play", str(wav), "--port", port,
+               "--json"]
+        self.proc = subprocess.Popen(cmd + (["--loop"] if loop else []), cwd=repo_root, env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.events: list[dict] = []
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._collect, daemon=True)
+        self._thread.start()
+
+    def _collect(self) -> None:
+        """Parse the player's JSON lines as they come."""
+        for line in self.proc.stdout:
+            if line.startswith("{"):
+                with self._lock:
+                    self.events.append(json.loads(line))
+
+    def _first(self, kind: str) -> Optional[dict]:
+        with self._lock:
+            return next((e for e in self.events if e["event"] == kind), None)
+
+    def wait_for(self, kind: str, timeout_s: float) -> dict:
+        """The first event of ``kind`` (``boot``, ``end``), waiting for it up to ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while (event := self._first(kind)) is None:
+            if self.proc.poll() is not None and not self._thread.is_alive():
+                raise AssertionError(f"player exited ({self.proc.returncode}) before {kind!r}: "
+                                     f"{self.proc.stderr.read()}")
+            assert time.monotonic() < deadline, f"no {kind!r} event from the player within {timeout_s} s"
+            time.sleep(0.05)
+        return event
+
+    def commands(self, name_prefix: str = "") -> list[dict]:
+        """Command events received so far whose ``command`` text starts with ``name_prefix``."""
+        with self._lock:
+            return [e for e in self.events if e["event"] == "command" and e["command"].startswith(name_prefix)]
+
+    def stop(self) -> None:
+        """Terminate the player if it still runs."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self._thread.join(timeout=5)
