@@ -17,8 +17,15 @@ from edge_monitor.pipeline import Pipeline
 from edge_monitor.sources.wavfile import WavFileSource
 from edge_monitor.training.synthetic import generate
 from tests.helpers.broker import Collector, Mosquitto, mosquitto, wait_until  # noqa: F401
-from tests.helpers.classifier_audio import (MACHINE_TYPE_MODEL, SAMPLE_RATE_HZ, events_of, json_lines, run_cli,
-                                            write_classifier_config, write_machine_clip)
+from tests.helpers.classifier_audio import (
+    MACHINE_TYPE_MODEL,
+    SAMPLE_RATE_HZ,
+    events_of,
+    json_lines,
+    run_cli,
+    write_classifier_config,
+    write_machine_clip,
+)
 from tests.helpers.daemon import DEMO_MODEL, DaemonProcess
 
 CHECK_SECONDS = 6.0

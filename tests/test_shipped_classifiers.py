@@ -19,9 +19,17 @@ from edge_monitor.model import load_model
 from edge_monitor.pipeline import Pipeline
 from edge_monitor.sources.wavfile import WavFileSource
 from tests.helpers.broker import Collector, Mosquitto, mosquitto, wait_until  # noqa: F401
-from tests.helpers.classifier_audio import (FAULT_END_SECONDS, FAULT_ONSET_SECONDS, MODELS_DIR, events_of, json_lines,
-                                            run_cli, write_classifier_config, write_fault_sequence,
-                                            write_machine_clip)
+from tests.helpers.classifier_audio import (
+    FAULT_END_SECONDS,
+    FAULT_ONSET_SECONDS,
+    MODELS_DIR,
+    events_of,
+    json_lines,
+    run_cli,
+    write_classifier_config,
+    write_fault_sequence,
+    write_machine_clip,
+)
 from tests.helpers.daemon import DaemonProcess
 
 FAULT_TYPE_DETECTION = {"threshold": 0.98, "clear_threshold": 0.9}
