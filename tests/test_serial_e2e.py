@@ -25,6 +25,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edge_monitor.model import load_model
@@ -131,3 +132,70 @@ def test_run_on_a_serial_cable_raises_the_alerts_replay_does(tmp_path: Path):
     assert start_s <= on_s < end_s, "the alarm came on outside the alert episode"
     assert off_s >= end_s, "the alarm went off before the episode ended"
     assert player.commands("SET_RATE 16000") and player.commands("START")
+
+
+# ---- the emulated board on its own (pure, no cable) ---------------------------------
+
+
+def decode(data: bytes) -> list[sp.Frame]:
+    """All frames in ``data``."""
+    return sp.FrameDecoder().feed(data)
+
+
+def test_emulator_streams_the_recording_like_a_freshly_reset_board():
+    codes = (np.arange(300) % 1024).astype(np.uint16)
+    board = sp.DeviceEmulator(codes)
+    frames = []
+    while (data := board.next_audio_frame()) is not None:
+        frames += decode(data)
+    assert [f.seq for f in frames] == [0, 1, 2] and [f.count for f in frames] == [128, 128, 44]
+    assert frames[0].flags == sp.Flag.STREAMING | sp.Flag.BOOT | sp.Flag.RESTART
+    assert all(f.flags == sp.Flag.STREAMING for f in frames[1:])
+    assert np.array_equal(np.concatenate([f.codes() for f in frames]), codes)
+    assert board.finished and board.block_seconds == 128 / 16000
+
+
+def test_emulator_answers_every_command_as_the_firmware_does():
+    board = sp.DeviceEmulator.from_samples(np.zeros(1000, dtype=np.int16))
+    commands, out = board.receive(sp.ping_command() + sp.set_alarm_command(True) + b"\x00junk"
+                                  + sp.encode_command(sp.Command.SET_ALARM, b"\x07") + bytes([0xC3, 0x3C]))
+    replies = decode(out)
+    assert [sp.describe_command(c) for c in commands] == ["PING", "SET_ALARM on", "SET_ALARM args 07"]
+    assert [sp.parse_reply(r)[:2] for r in replies] == [(sp.Command.PING, sp.Status.OK),
+                                                        (sp.Command.SET_ALARM, sp.Status.OK),
+                                                        (sp.Command.SET_ALARM, sp.Status.BAD_ARG)]
+    info = sp.parse_device_info(sp.parse_reply(replies[0])[2])
+    assert (info.protocol_version, info.firmware_version, info.board_id) == (1, "1.0.0", "emulator")
+    assert replies[0].has(sp.Flag.BOOT) and not replies[1].has(sp.Flag.BOOT)
+    assert replies[1].has(sp.Flag.ALARM) and [r.seq for r in replies] == [0, 1, 2]
+    frame = decode(board.next_audio_frame())[0]
+    assert frame.has(sp.Flag.ALARM) and frame.has(sp.Flag.RESTART) and not frame.has(sp.Flag.BOOT)
+
+
+def test_emulator_stop_start_and_rate_change_restart_the_sequence():
+    board = sp.DeviceEmulator.from_samples(np.zeros(16000, dtype=np.float32), loop=True)
+    for _ in range(3):
+        board.next_audio_frame()
+    board.receive(sp.start_command() + sp.set_rate_command(16000))  # no change: no restart
+    assert decode(board.next_audio_frame())[0].seq == 3
+    board.receive(sp.stop_command())
+    assert board.next_audio_frame() is None and not board.finished
+    board.receive(sp.start_command())
+    restarted = decode(board.next_audio_frame())[0]
+    assert restarted.seq == 0 and restarted.has(sp.Flag.RESTART)
+    board.receive(sp.set_rate_command(8000))
+    slow = decode(board.next_audio_frame())[0]
+    assert (slow.seq, slow.sample_rate_hz, board.block_seconds) == (0, 8000, 128 / 8000)
+    _, out = board.receive(sp.encode_command(sp.Command.SET_RATE, (44100).to_bytes(2, "little")))
+    assert sp.parse_reply(decode(out)[0])[1] == sp.Status.BAD_ARG and board.sample_rate_hz == 8000
+    for _ in range(200):  # 1 s at 16 kHz in 128-sample blocks, looped
+        assert board.next_audio_frame() is not None
+
+
+def test_player_refuses_a_recording_at_a_rate_the_board_cannot_stream(tmp_path: Path):
+    wav = tmp_path / "cd.wav"
+    write_wav(wav, np.zeros(4410, dtype=np.float32), 44100)
+    done = subprocess.run([sys.executable, "-m", "edge_monitor.sources.serial_protocol", "--play", str(wav),
+                           "--port", str(tmp_path / "nowhere")], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2 and "44100 Hz" in done.stderr and "resample" in done.stderr

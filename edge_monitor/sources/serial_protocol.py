@@ -614,16 +614,16 @@ class DeviceEmulator:
 
 
 def describe_command(cmd: DecodedCommand) -> str:
-    """A command in words, e.g. ``SET_ALARM on`` or ``SET_RATE 16000``."""
+    """A command in words, e.g. ``SET_ALARM on``, ``SET_RATE 16000``, ``SET_ALARM args 07``."""
     try:
         name = Command(cmd.cmd).name
     except ValueError:
         return f"unknown command 0x{cmd.cmd:02x}"
-    if cmd.cmd == Command.SET_ALARM and len(cmd.args) == 1:
+    if cmd.cmd == Command.SET_ALARM and cmd.args in (b"\x00", b"\x01"):
         return f"{name} {'on' if cmd.args[0] else 'off'}"
     if cmd.cmd == Command.SET_RATE and len(cmd.args) == 2:
         return f"{name} {int.from_bytes(cmd.args, 'little')}"
-    return name
+    return f"{name} args {cmd.args.hex(' ')}" if cmd.args else name
 
 
 # ---- command-line player: the only I/O in this module -------------------------------
