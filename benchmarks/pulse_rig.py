@@ -95,13 +95,22 @@ def write_wav(path: Path, samples_int16: np.ndarray, sample_rate_hz: int) -> Pat
 class PulseServer:
     """One private PulseAudio daemon with a clocked null sink ``vsink``."""
 
-    def __init__(self, root_dir: Path, rate_hz: int = 16000, channels: int = 1):
-        """Prepare (but do not start) a server living under ``root_dir``."""
+    def __init__(self, root_dir: Path, rate_hz: int = 16000, channels: int = 1,
+                 clock_latency_ms: Optional[float] = None):
+        """Prepare (but do not start) a server living under ``root_dir``.
+
+        ``clock_latency_ms``: the latency the clock player asks of the sink. By default the
+        null sink renders in blocks of about 2 s, so a new capture stream (through ALSA's
+        pulse plugin) gets its first audio up to 2 s late; a real sound card starts within a
+        period. A few tens of milliseconds makes the sink behave like one, at some CPU cost
+        in the server. It takes effect after the sink's current block (about 2 s after start).
+        """
         if channels not in ALSA_CHANNEL_MAPS:
             raise ValueError(f"channels must be one of {sorted(ALSA_CHANNEL_MAPS)}, got {channels}")
         self.channel_map = ALSA_CHANNEL_MAPS[channels]
         self.rate_hz = rate_hz
         self.channels = channels
+        self.clock_latency_ms = clock_latency_ms
         self.root_dir = Path(root_dir)
         self.runtime_dir = self.root_dir / "run"
         self.home_dir = self.root_dir / "home"
@@ -134,6 +143,11 @@ class PulseServer:
                               text=True, timeout=15, check=check)
 
     @property
+    def server_pid(self) -> Optional[int]:
+        """The PulseAudio daemon's process id while it runs (for CPU accounting), else None."""
+        return self._daemon.pid if self.running else None
+
+    @property
     def running(self) -> bool:
         """True while the daemon process is alive."""
         return self._daemon is not None and self._daemon.poll() is None
@@ -162,9 +176,10 @@ class PulseServer:
         self._pactl("set-default-source", f"{SINK_NAME}.monitor")
         self._pactl("set-default-sink", SINK_NAME)
         self._zero_file = open("/dev/zero", "rb")
+        latency_args = [] if self.clock_latency_ms is None else [f"--latency-msec={self.clock_latency_ms:g}"]
         self._clock = subprocess.Popen(
             ["pacat", "-p", "-d", SINK_NAME, f"--rate={self.rate_hz}", f"--channels={self.channels}",
-             f"--channel-map={self.channel_map}", "--format=s16le"],
+             f"--channel-map={self.channel_map}", "--format=s16le", *latency_args],
             env=self._child_env(), stdin=self._zero_file, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
 

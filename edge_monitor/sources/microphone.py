@@ -33,6 +33,9 @@ _MAX_WAIT_SLICE_SECONDS = 0.25       # read() re-checks device health at least t
 _CLOCK_STEP_SECONDS = 0.05           # a wall-clock change larger than this is a step (NTP), not jitter
 _DRIFT_LIMIT_SECONDS = 0.1           # re-anchor timestamps when the sample clock drifts this far
 _DRIFT_WINDOW_SECONDS = 10.0         # the drift estimate is the smallest lag seen over this long
+# read() wakes once this much audio is buffered, not at every capture block: each wake-up of the
+# pipeline thread costs Python overhead, and 32 ms blocks would mean 31 of them per second.
+_WAKE_SECONDS = 0.128
 
 # PortAudio's device list is only refreshed by Pa_Terminate/Pa_Initialize, which also kills every
 # open stream, so a re-scan only happens when no microphone in this process has a stream open.
@@ -74,10 +77,15 @@ class MicrophoneSource:
                  device_rate_hz: int = 16000, target_rate_hz: Optional[int] = None,
                  block_seconds: float = 0.032, buffer_seconds: float = 5.0,
                  stall_timeout_s: float = 2.0, start_timeout_s: float = 5.0,
-                 latency: Union[str, float] = "high",
+                 latency: Union[str, float] = "high", wake_seconds: float = _WAKE_SECONDS,
                  monotonic: Callable[[], float] = time.monotonic,
                  wall_clock: Callable[[], float] = time.time) -> None:
-        """Describe the capture; nothing touches the device until ``open()``."""
+        """Describe the capture; nothing touches the device until ``open()``.
+
+        ``wake_seconds``: ``read()`` returns once at least this much audio is buffered (or at
+        its timeout), so the pipeline thread wakes a few times per second, whatever the
+        capture block. It never exceeds half the ring.
+        """
         if channels < 1:
             raise ValueError(f"channels must be >= 1, got {channels}")
         self.device = parse_device(device)
@@ -89,6 +97,8 @@ class MicrophoneSource:
         self.stall_timeout_s = float(stall_timeout_s)
         self.start_timeout_s = max(float(start_timeout_s), self.stall_timeout_s)
         self.latency = latency
+        self.wake_seconds = float(wake_seconds)
+        self._wake_frames = 1          # set by open() from wake_seconds, the block and the ring
         self._monotonic = monotonic
         self._wall_clock = wall_clock
         self.device_name = str(device)
@@ -170,7 +180,7 @@ class MicrophoneSource:
                     self._dropped_before_last_run = self._dropped
                     self._last_drop_at = self._write_count
                 self._dropped += frames - kept
-        if not self._data_ready.is_set():
+        if not self._data_ready.is_set() and self._write_count - self._read_count >= self._wake_frames:
             self._data_ready.set()
 
     def _on_finished(self) -> None:
@@ -206,6 +216,8 @@ class MicrophoneSource:
         blocksize = max(1, int(round(self.block_seconds * self.device_rate_hz)))
         capacity = max(4 * blocksize, int(round(self.buffer_seconds * self.device_rate_hz)))
         self._reset_stream_state(capacity)
+        self._wake_frames = max(1, min(max(blocksize, int(round(self.wake_seconds * self.device_rate_hz))),
+                                       capacity // 2))
         if self.device_rate_hz != self.sample_rate:
             self._resampler = StreamingResampler(self.device_rate_hz, self.sample_rate, self.channels)
         self._data_ready.clear()
@@ -309,7 +321,10 @@ class MicrophoneSource:
                               "was it unplugged?")
 
     def read(self, timeout_s: float = 1.0) -> Optional[Block]:
-        """All audio captured since the last read as ``(frames, channels)`` float32, or None on timeout."""
+        """All audio captured since the last read as ``(frames, channels)`` float32, or None on timeout.
+
+        Waits until ``wake_seconds`` of audio are buffered; at the timeout it returns what there is.
+        """
         if self._stream is None:
             raise SourceError("read() on a closed microphone source; call open() first")
         deadline = self._monotonic() + timeout_s
@@ -321,13 +336,14 @@ class MicrophoneSource:
                 last_drop_at = self._last_drop_at
                 dropped_before_last_run = self._dropped_before_last_run
             start = self._read_count
-            if end > start:
+            remaining = deadline - self._monotonic()
+            if end - start >= self._wake_frames or (end > start and (remaining <= 0 or self._finished)):
                 block = self._take(start, end, dropped if last_drop_at <= start else dropped_before_last_run)
                 if block is not None:
                     return block
                 continue
-            self._check_alive()
-            remaining = deadline - self._monotonic()
+            if end == start:
+                self._check_alive()
             if remaining <= 0:
                 return None
             self._data_ready.wait(min(remaining, _MAX_WAIT_SLICE_SECONDS))
