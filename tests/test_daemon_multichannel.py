@@ -72,7 +72,8 @@ def _child_pids(pid: int) -> list[int]:
 
 
 @pytest.mark.timeout(180)
-def test_four_machines_on_one_four_channel_device(tmp_path: Path, mosquitto: Mosquitto, pulse_factory) -> None:
+def test_four_machines_on_one_four_channel_device(tmp_path: Path, mosquitto: Mosquitto,  # noqa: F811
+                                                  pulse_factory) -> None:  # noqa: F811
     """Only the machine whose channel carries the fault alerts; all four are online with retained state."""
     pulse: PulseServer = pulse_factory(rate_hz=16000, channels=len(MACHINES))
     wav = _four_channel_wav(tmp_path / "four-channels.wav")
