@@ -214,35 +214,38 @@ class SourceWorker(threading.Thread):
                 self._sleep(delay)
                 delay = min(delay * 2, self.retry_max_seconds)
                 continue
+            delay = 1.0
+            try:
+                lost = self._pump(lost)
+            except EOFError:
+                _LOGGER.info("end of input file")
+                if self.stop_at_eof:
+                    return
+            except SourceError as exc:
+                if not lost:  # a source that opens but stays silent fails again every few seconds
+                    _LOGGER.error("source lost: %s (retrying)", exc)
+                lost = True
+                for m in self.machines:
+                    m.source_lost(True, str(exc))
+            finally:
+                self.source.close()
+
+    def _pump(self, lost: bool) -> bool:
+        """Feed blocks to the machines; a lost source is back at its first block, not when it opens."""
+        while not self.stop_event.is_set():
+            block = self.source.read(0.5)
+            self.last_progress = time.monotonic()
+            if block is None:
+                continue
             if lost:
                 lost = False
                 self.reopens += 1
                 for m in self.machines:
                     m.source_lost(False, "source reopened")
                 _LOGGER.info("source back after %d attempt(s)", self.reopens)
-            delay = 1.0
-            try:
-                self._pump()
-            except EOFError:
-                _LOGGER.info("end of input file")
-                if self.stop_at_eof:
-                    return
-            except SourceError as exc:
-                lost = True
-                _LOGGER.error("source lost: %s (retrying)", exc)
-                for m in self.machines:
-                    m.source_lost(True, str(exc))
-            finally:
-                self.source.close()
-
-    def _pump(self) -> None:
-        while not self.stop_event.is_set():
-            block = self.source.read(0.5)
-            self.last_progress = time.monotonic()
-            if block is None:
-                continue
             for m in self.machines:
                 m.process(block, self.source)
+        return lost
 
     def _sleep(self, seconds: float) -> None:
         end = time.monotonic() + seconds

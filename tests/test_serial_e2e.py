@@ -14,7 +14,9 @@ times are taken relative to the first sample's wall time (which the player
 reports). Its scores must equal replay's on the 10-bit version of the file
 (the serial path loses nothing but the ADC's quantisation), its thresholds the
 model's, and the board must have been told to switch its alarm on during the
-episode and off after it.
+episode and off after it. When the board then falls silent the machine goes
+``degraded`` (and stays so while the port opens but sends nothing); when it
+streams again the machine is ``normal`` without a daemon restart.
 """
 
 from __future__ import annotations
@@ -23,13 +25,17 @@ import datetime as dt
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from edge_monitor.config import SourceConfig
 from edge_monitor.model import load_model
 from edge_monitor.sources import serial_protocol as sp
+from edge_monitor.sources.base import SourceError
+from edge_monitor.sources.serial import START_TIMEOUT_SECONDS, SerialSource
 from edge_monitor.wavio import read_wav, write_wav
 from tests.helpers.daemon import (
     DEMO_FAULT_END_SECONDS,
@@ -40,11 +46,12 @@ from tests.helpers.daemon import (
     DaemonProcess,
     write_config,
 )
-from tests.helpers.socat import RecordingPlayer, virtual_cable
+from tests.helpers.socat import FakeArduino, RecordingPlayer, virtual_cable
 
 HOP_SECONDS = 0.5               # detection.window_hop_seconds in the config
 PACING_ALLOWANCE_SECONDS = 0.25  # pty and reader latency, scheduling on a loaded machine
 STREAM_TIMEOUT_SECONDS = 120.0
+SILENT_BOARD_SECONDS = START_TIMEOUT_SECONDS + 1.0  # long enough for the daemon to reopen the silent port once
 
 
 def iso_seconds(text: str) -> float:
@@ -75,6 +82,16 @@ def alert_times(event: dict) -> float:
     return iso_seconds(event["started_at"] if event["type"] == "start" else event["ended_at"])
 
 
+def wait_for_state(daemon: DaemonProcess, state: str, after_s: float, timeout_s: float = 60.0) -> None:
+    """Poll the daemon's output until it prints a state event ``state`` timed after ``after_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not any(e["event"] == "state" and e["state"] == state and iso_seconds(e["at"]) > after_s
+                  for e in json_lines(daemon.log_text())):
+        assert daemon.running, f"the daemon exited:\n{daemon.log_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"no state {state!r} within {timeout_s} s:\n{daemon.log_text()[-3000:]}"
+        time.sleep(0.2)
+
+
 def quantised_copy(directory: Path) -> Path:
     """The demo WAV as the gateway receives it: through 10-bit ADC codes and back."""
     samples, rate = read_wav(DEMO_WAV)
@@ -94,15 +111,25 @@ def test_run_on_a_serial_cable_raises_the_alerts_replay_does(tmp_path: Path):
         player = RecordingPlayer(cable.a, DEMO_WAV)
         daemon = DaemonProcess(config, tmp_path / "daemon.log",
                                extra_args=("--print-events", "--max-seconds", str(STREAM_TIMEOUT_SECONDS + 60)))
+        second_player = None
         try:
             first_sample_s = player.wait_for("boot", timeout_s=60)["t"]
             end = player.wait_for("end", timeout_s=STREAM_TIMEOUT_SECONDS)
             daemon_alive_at_end = daemon.running
+            # the board falls silent: degraded, and no flapping back to normal while the port opens but stays quiet
+            wait_for_state(daemon, "degraded", after_s=end["t"])
+            time.sleep(SILENT_BOARD_SECONDS)
+            second_player = RecordingPlayer(cable.a, DEMO_WAV, loop=True)
+            back_s = second_player.wait_for("boot", timeout_s=60)["t"]
+            wait_for_state(daemon, "normal", after_s=end["t"])
         finally:
             daemon.stop()
             player.stop()
+            if second_player is not None:
+                second_player.stop()
         log = daemon.log_text()
-    got = alerts(json_lines(log))
+    events = json_lines(log)
+    got = alerts(events)
 
     assert daemon_alive_at_end, f"the daemon exited during the stream:\n{log[-3000:]}"
     assert end["frames"] == -(-640000 // sp.DEFAULT_BLOCK_SAMPLES), end
@@ -132,6 +159,12 @@ def test_run_on_a_serial_cable_raises_the_alerts_replay_does(tmp_path: Path):
     assert start_s <= on_s < end_s, "the alarm came on outside the alert episode"
     assert off_s >= end_s, "the alarm went off before the episode ended"
     assert player.commands("SET_RATE 16000") and player.commands("START")
+
+    after = [(e["state"], iso_seconds(e["at"])) for e in events
+             if e["event"] == "state" and iso_seconds(e["at"]) > end["t"]]
+    assert [state for state, _ in after] == ["degraded", "normal"], after
+    assert after[1][1] >= back_s, "the daemon reported normal while the board was silent"
+    assert [e["kind"] for e in events if e["event"] == "health"] == ["source_lost", "source_ok"]
 
 
 # ---- the emulated board on its own (pure, no cable) ---------------------------------
@@ -199,3 +232,25 @@ def test_player_refuses_a_recording_at_a_rate_the_board_cannot_stream(tmp_path: 
                            "--port", str(tmp_path / "nowhere")], cwd=REPO_ROOT, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 2 and "44100 Hz" in done.stderr and "resample" in done.stderr
+
+
+@pytest.mark.timeout(60)
+def test_a_board_that_falls_silent_is_a_source_error_only_with_a_stall_timeout(tmp_path: Path):
+    with virtual_cable(tmp_path) as cable:
+        device = FakeArduino(cable.a)
+        watchful = SerialSource(cable.b, stall_timeout_s=0.3)
+        try:
+            watchful.open()
+            device.write(b"".join(device.frame(np.full(128, 512, dtype=np.uint16), s) for s in range(3)))
+            deadline = time.monotonic() + 30
+            blocks = 0
+            with pytest.raises(SourceError, match=r"no audio from the board .*\(limit 0\.3 s\)"):
+                while True:
+                    assert time.monotonic() < deadline, "the silent board was never reported"
+                    blocks += watchful.read(0.1) is not None
+            assert blocks == 3  # the queued audio is delivered before the stall is reported
+        finally:
+            watchful.close()
+            device.close()
+    assert SerialSource.from_config(SourceConfig(type="serial", port=cable.b)).stall_timeout_s == 2.0
+    assert SerialSource(cable.b).stall_timeout_s is None

@@ -6,8 +6,9 @@ a bounded queue; ``read()`` takes them out. The reader also keeps the device
 in the state the gateway wants: after an Arduino reset, or if the device
 reports an alarm state or sample rate other than the wanted one, it sends the
 commands again. Missing sequence numbers are filled with zeros (up to
-``max_gap_fill_seconds``) and counted; the port disappearing makes ``read()``
-raise ``SourceError``, and ``open()`` works again once the port is back.
+``max_gap_fill_seconds``) and counted; the port disappearing, or (with
+``stall_timeout_s``) a board that stops sending audio, makes ``read()`` raise
+``SourceError``, and ``open()`` works again once the port is back.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ READ_POLL_SECONDS = 0.05  # reader thread wakes at least this often
 RESEND_INTERVAL_SECONDS = 1.0  # least time between repeats of a corrective command
 STALL_SECONDS = 1.5  # no audio for this long: ask the device to (re)start streaming
 REANCHOR_SECONDS = 0.5  # re-anchor block timestamps when the sample clock drifts this far from wall time
+START_TIMEOUT_SECONDS = 5.0  # first audio after open(): an Uno reset by the port opening needs ~2 s to boot
 
 # USB vendor ids of Arduino boards and the USB-serial chips found on clones.
 _ARDUINO_VIDS = {0x2341: "Arduino", 0x2A03: "Arduino", 0x1A86: "CH340", 0x0403: "FTDI", 0x10C4: "CP210x"}
@@ -72,7 +74,9 @@ class SerialSource:
     channels = 1
 
     def __init__(self, port: str, *, baud: int = 500000, sample_rate: int = 16000, buffer_seconds: float = 5.0,
-                 max_gap_fill_seconds: float = 1.0) -> None:
+                 max_gap_fill_seconds: float = 1.0, stall_timeout_s: Optional[float] = None) -> None:
+        """``stall_timeout_s``: no audio for this long (or for ``START_TIMEOUT_SECONDS`` after ``open()``,
+        whichever is longer) makes ``read()`` raise ``SourceError``; None never gives up on a silent board."""
         if sample_rate not in sp.SUPPORTED_SAMPLE_RATES_HZ:
             raise ValueError(f"the Arduino firmware samples at {sp.SUPPORTED_SAMPLE_RATES_HZ} Hz; "
                              f"source.sample_rate {sample_rate} is not supported with type: serial")
@@ -83,6 +87,7 @@ class SerialSource:
         self.sample_rate = int(sample_rate)
         self.buffer_seconds = float(buffer_seconds)
         self.max_gap_fill_samples = int(max_gap_fill_seconds * sample_rate)
+        self.stall_timeout_s = None if stall_timeout_s is None else float(stall_timeout_s)
         max_blocks = max(4, math.ceil(buffer_seconds * sample_rate / sp.DEFAULT_BLOCK_SAMPLES))
         self._queue: queue.Queue = queue.Queue(maxsize=max_blocks)
         self._decoder = sp.FrameDecoder()
@@ -91,6 +96,7 @@ class SerialSource:
         self._stop = threading.Event()
         self._write_lock = threading.Lock()
         self._error: Optional[BaseException] = None
+        self._opened_before = False
         self._alarm_wanted = False
         self._replies: dict[int, tuple[int, bytes]] = {}
         self._reply_cond = threading.Condition()
@@ -99,9 +105,10 @@ class SerialSource:
         self._reset_stream_state()
 
     @classmethod
-    def from_config(cls, cfg) -> SerialSource:
-        """Build from an ``edge_monitor.config.SourceConfig`` (uses port, baud, sample_rate, buffer_seconds)."""
-        return cls(cfg.port, baud=cfg.baud, sample_rate=cfg.sample_rate, buffer_seconds=cfg.buffer_seconds)
+    def from_config(cls, cfg, *, stall_timeout_s: Optional[float] = 2.0) -> SerialSource:
+        """Build from an ``edge_monitor.config.SourceConfig`` (port, baud, sample_rate, buffer_seconds)."""
+        return cls(cfg.port, baud=cfg.baud, sample_rate=cfg.sample_rate, buffer_seconds=cfg.buffer_seconds,
+                   stall_timeout_s=stall_timeout_s)
 
     # ---- Source protocol -------------------------------------------------
 
@@ -116,6 +123,8 @@ class SerialSource:
                                          exclusive=True)
         except (serial.SerialException, OSError, ValueError) as exc:
             raise SourceError(f"cannot open serial port {self.port}: {exc}") from exc
+        retrying_silent_board = self._opened_before and not self._audio_seen
+        self._opened_before = True
         self._error = None
         self._stop.clear()
         self._decoder.reset()
@@ -124,16 +133,21 @@ class SerialSource:
         self._thread = threading.Thread(target=self._reader, name=f"serial-{self.port}", daemon=True)
         self._thread.start()
         self._send_settings()
-        _LOGGER.info("serial source open on %s at %d baud, %d Hz", self.port, self.baud, self.sample_rate)
+        # a board that stays silent is reopened every few seconds: log those attempts only at DEBUG
+        _LOGGER.log(logging.DEBUG if retrying_silent_board else logging.INFO, "serial source open on %s at %d baud, "
+                    "%d Hz", self.port, self.baud, self.sample_rate)
 
     def read(self, timeout_s: float) -> Optional[Block]:
-        """Next block, or None on timeout; SourceError once the port has failed and the queue is empty."""
+        """Next block, or None on timeout; SourceError once the port has failed (or the board went silent
+        for longer than ``stall_timeout_s``) and the queue is empty."""
         try:
             block = self._queue.get(timeout=timeout_s) if timeout_s > 0 else self._queue.get_nowait()
         except queue.Empty:
             block = None
-        if block is None and self._error is not None:
-            raise SourceError(f"serial port {self.port} failed: {self._error}")
+        if block is None:
+            if self._error is not None:
+                raise SourceError(f"serial port {self.port} failed: {self._error}")
+            self._check_stall(time.monotonic())
         return block
 
     def stats(self) -> dict:
@@ -155,7 +169,7 @@ class SerialSource:
                 ser.close()
             except Exception:  # noqa: BLE001 - the port may already be gone
                 pass
-            _LOGGER.info("serial source on %s closed", self.port)
+            _LOGGER.log(logging.INFO if self._audio_seen else logging.DEBUG, "serial source on %s closed", self.port)
 
     # ---- gateway -> device -----------------------------------------------
 
@@ -196,6 +210,17 @@ class SerialSource:
 
     # ---- internals ---------------------------------------------------------
 
+    def _check_stall(self, now_s: float) -> None:
+        """Raise SourceError if the board has sent no audio for too long (only called with an empty queue)."""
+        if self.stall_timeout_s is None or self._thread is None:
+            return
+        limit_s = self.stall_timeout_s if self._audio_seen else max(self.stall_timeout_s, START_TIMEOUT_SECONDS)
+        silent_s = now_s - self._last_audio_s
+        if silent_s > limit_s:
+            what = "since the last audio frame" if self._audio_seen else "since the port was opened"
+            raise SourceError(f"no audio from the board on serial port {self.port} for {silent_s:.1f} s {what} "
+                              f"(limit {limit_s:g} s); is it powered and running the edge-monitor firmware?")
+
     def _reset_stream_state(self) -> None:
         """Forget sequence and timing state (new port or device restart)."""
         self._last_seq: Optional[int] = None
@@ -203,6 +228,7 @@ class SerialSource:
         self._anchor_t_s = 0.0
         self._anchor_samples = 0
         self._last_audio_s = time.monotonic()
+        self._audio_seen = False
         self._last_alarm_sent_s = 0.0
         self._last_settings_sent_s = 0.0
 
@@ -281,6 +307,7 @@ class SerialSource:
             return
         now_s = time.monotonic()
         self._last_audio_s = now_s
+        self._audio_seen = True
         if frame.sample_rate_hz != self.sample_rate:
             self._counters["rate_mismatch_frames"] += 1
             self._last_seq = None
