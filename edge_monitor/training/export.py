@@ -94,6 +94,31 @@ def embed_metadata(tflite: bytes, meta: dict) -> bytes:
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
+def replace_metadata(bundle: bytes, meta: dict) -> bytes:
+    """Return ``bundle`` with its ``edge_monitor`` metadata replaced by ``meta``; the model itself is untouched.
+
+    ``tflite_sha256`` keeps the old value: it is the hash of the flatbuffer before any metadata went in.
+    """
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    from edge_monitor.bundle import read_metadata_bytes
+
+    old = json.loads((read_metadata_bytes(bundle) or b"{}").decode("utf-8"))
+    full = dict(meta)
+    full.setdefault("format_version", FORMAT_VERSION)
+    full["tflite_sha256"] = old.get("tflite_sha256", full.get("tflite_sha256"))
+    problems = validate_metadata(full)
+    if problems:
+        raise ValueError("refusing to write an invalid bundle: " + "; ".join(problems))
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(bundle))
+    entries = [m for m in (model.metadata or []) if m.name in (METADATA_NAME, METADATA_NAME.encode())]
+    if not entries:
+        raise ValueError("not an edge-monitor bundle: no metadata to replace")
+    model.buffers[entries[0].buffer].data = np.frombuffer(json.dumps(full, sort_keys=True).encode("utf-8"),
+                                                          dtype=np.uint8)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
 def export_bundle(keras_model: Any, representative: Iterable[np.ndarray], meta: dict,
                   calibrate: Callable[[bytes], dict] | None = None) -> bytes:
     """Convert to int8, optionally let ``calibrate(tflite_bytes)`` add keys (e.g. threshold), embed metadata."""
