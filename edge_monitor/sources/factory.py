@@ -23,6 +23,6 @@ def make_source(cfg: Any, target_rate_hz: int, stall_timeout_s: float = 2.0) -> 
         return MicrophoneSource.from_config(cfg, target_rate_hz, stall_timeout_s=stall_timeout_s)
     if cfg.type == "serial":
         from edge_monitor.sources.serial import SerialSource
-        return SerialSource.from_config(cfg)
+        return SerialSource.from_config(cfg, stall_timeout_s=stall_timeout_s)
     from edge_monitor.sources.wavfile import WavFileSource
     return WavFileSource.from_config(cfg)
