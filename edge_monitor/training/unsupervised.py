@@ -12,8 +12,8 @@ Steps (each reported through ``progress``)::
 
 Methods (chosen by measurement, see docs/detection.md):
 
-* ``stats``: Mahalanobis distance of per-band log-mel mean and standard deviation
-  over a 1 s window (kind ``embedding``). Default.
+* ``stats``: Mahalanobis distance of per-band log-mel mean (minus the window's
+  overall level) and standard deviation over a 1 s window (kind ``embedding``). Default.
 * ``oe_cnn``: CNN embedding trained to separate the machine's normal windows from
   synthetic spectral faults applied to them (outlier exposure), Mahalanobis on
   its embedding (kind ``embedding``).
@@ -60,6 +60,7 @@ REPRESENTATIVE_WINDOWS = 200
 CALIBRATION_OVERSAMPLE = 8       # held-out windows scored 8x denser than the daemon's hop
 CALIBRATION_FOLDS = 5            # K-fold calibration for methods cheap enough to fit K + 1 times
 CROSS_FITTED_METHODS = ("stats",)
+STATS_IGNORE_LEVEL = True        # stats: remove each window's overall level from the band means
 
 _SPECS = {
     "stats": FeatureSpec(n_mels=64, frames_per_window=32),
@@ -307,13 +308,19 @@ def _train_autoencoder(method: str, x: np.ndarray, epochs: int, progress: Progre
 def _train_stats(x: np.ndarray) -> _Trained:
     from edge_monitor.training import models
 
-    pooled = models.mean_std_pool(x)
+    frames, nf = x.shape[1:]
+    # Remove each window's overall level from its band means: a louder or quieter recording (gain, distance,
+    # a moved microphone) is not a fault by itself; the spectral shape and the variability still count.
+    level_free = np.eye(2 * nf)
+    if STATS_IGNORE_LEVEL:
+        level_free[:nf, :nf] -= 1.0 / nf
+    pooled = models.mean_std_pool(x) @ level_free
     mean = pooled.mean(axis=0)
     cov = _shrunk_cov(pooled - mean)
     vals, vecs = np.linalg.eigh(cov)
     whiten = vecs / np.sqrt(np.maximum(vals, 1e-9))[None, :]
-    frames, nf = x.shape[1:]
-    model = models.stats_embedding(frames, nf, whiten, -mean @ whiten, batch_size=1)
+    weights = level_free @ whiten
+    model = models.stats_embedding(frames, nf, weights, -mean @ whiten, batch_size=1)
     return _Trained(model, "embedding", 0, None)
 
 
