@@ -32,8 +32,21 @@ from edge_monitor.model import ModelError, ModelRunner, load_model
 
 _LOGGER = logging.getLogger(__name__)
 
-DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "machine-type.tflite"
-"""The shipped machine-type bundle in a source checkout (``identify`` uses it when nothing else is named)."""
+SHIPPED_MODEL_DIRS = (Path(__file__).resolve().parents[1] / "models",      # a source checkout
+                      Path(sys.prefix) / "share" / "edge-monitor" / "models")  # pip install (data_files)
+"""Where the shipped classifier bundles are: the checkout's ``models/``, or the installed copy."""
+
+
+def shipped_model(name: str = "machine-type.tflite") -> Path:
+    """The shipped bundle ``name`` (the first of ``SHIPPED_MODEL_DIRS`` that has it; the checkout path if none)."""
+    for folder in SHIPPED_MODEL_DIRS:
+        if (folder / name).is_file():
+            return folder / name
+    return SHIPPED_MODEL_DIRS[0] / name
+
+
+DEFAULT_MODEL = shipped_model()
+"""The shipped machine-type bundle (``identify`` uses it when nothing else is named)."""
 
 WINDOW_HOP_SECONDS = 0.5
 IDENTIFY_TIMEOUT_FACTOR = 3.0  # ``identify`` gives up after this many times --seconds of wall time (plus 10 s)
@@ -211,7 +224,7 @@ def add_identify_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, default=None,
                    help="seconds of non-silent sound to listen to (default: machine.type_check_seconds)")
     p.add_argument("--model", "-m", default=None,
-                   help="machine-type bundle (default: machine.type_check_model, else models/machine-type.tflite)")
+                   help="machine-type bundle (default: machine.type_check_model, else the shipped machine-type.tflite)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a sentence")
 
 
