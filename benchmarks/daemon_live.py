@@ -46,7 +46,7 @@ from typing import Any, Optional
 import numpy as np
 import yaml
 
-from benchmarks.mqtt_rig import Broker, mosquitto_available
+from benchmarks.mqtt_rig import Mosquitto, mosquitto_available
 from benchmarks.procstat import CpuMeter, memory_mb
 from benchmarks.pulse_rig import PulseServer, pulse_available, write_wav
 
@@ -142,7 +142,7 @@ class Feeder:
 
 # ---------------------------------------------------------------- the daemon
 
-def write_configs(directory: Path, machines: int, broker: Optional[Broker]) -> list[Path]:
+def write_configs(directory: Path, machines: int, broker: Optional[Mosquitto]) -> list[Path]:
     """One production-like config per machine (machine ``bench<i>`` on channel i of the default device)."""
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -315,7 +315,7 @@ def run_scenario(workdir: Path, machines: int, mqtt: bool, repeats: int, warmup_
     workdir.mkdir(parents=True)
     pulse = PulseServer(workdir / "pulse", rate_hz=SAMPLE_RATE_HZ, channels=machines,
                         clock_latency_ms=sink_latency_ms)
-    broker = Broker(workdir / "broker") if mqtt else None
+    broker = Mosquitto(workdir / "broker", persistence=False) if mqtt else None
     feeder: Optional[Feeder] = None
     runs = []
     try:

@@ -238,6 +238,7 @@ def tune_alert_threshold(path: Path, *, clips_per_machine: int = 4, clip_seconds
                 audio = synthetic.generate(machine, clip_seconds, SAMPLE_RATE_HZ, seed=TUNE_SEED + 100,
                                            anomaly=fault, severity=severity)
                 found.append(window_scores(runner, audio, hop))
+    meta = json.loads(json.dumps(runner.bundle.meta))
     runner.close()
     grid = []
     for thr in THRESHOLD_GRID:
@@ -247,7 +248,6 @@ def tune_alert_threshold(path: Path, *, clips_per_machine: int = 4, clip_seconds
                      "fault_clips_alerting": {str(sev): int(sum(count_alerts(s, thr) > 0 for s in found))
                                               for sev, found in faulty.items()}})
     chosen = next((g for g in grid if g["normal_clips_alerting"] == 0), grid[-1])
-    meta = json.loads(json.dumps(load_model(path).bundle.meta))
     basis = dict(meta.get("threshold_basis") or {})
     basis.update(method="alert_probability", value=chosen["threshold"], trained_default=basis.get("value"),
                  tuning=f"lowest threshold at which {len(normal)} fresh SYNTHETIC normal clips "

@@ -10,11 +10,11 @@ import sys
 import tempfile
 import warnings
 from collections.abc import Iterable, Iterator
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 
-from edge_monitor.bundle import FORMAT_VERSION, METADATA_NAME, file_sha256, validate_metadata
+from edge_monitor.bundle import FORMAT_VERSION, METADATA_NAME, file_sha256, read_metadata_bytes, validate_metadata
 
 
 @contextlib.contextmanager
@@ -70,27 +70,34 @@ def convert_int8(keras_model: Any, representative: Iterable[np.ndarray]) -> byte
         return bytes(converter.convert())
 
 
-def embed_metadata(tflite: bytes, meta: dict) -> bytes:
-    """Return the model with ``meta`` (JSON) stored as its ``edge_monitor`` metadata buffer."""
+def embed_metadata(tflite: bytes, meta: dict, *, tflite_sha256: Optional[str] = None) -> bytes:
+    """Return the model with ``meta`` (JSON) stored as its ``edge_monitor`` metadata buffer.
+
+    ``tflite_sha256`` defaults to the hash of ``tflite``; an existing ``edge_monitor`` buffer is overwritten.
+    """
     from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils
 
     full = dict(meta)
     full.setdefault("format_version", FORMAT_VERSION)
     full.setdefault("created_at", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-    full["tflite_sha256"] = file_sha256(tflite)
+    full["tflite_sha256"] = tflite_sha256 or file_sha256(tflite)
     problems = validate_metadata(full)
     if problems:
         raise ValueError("refusing to write an invalid bundle: " + "; ".join(problems))
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(tflite))
-    buf = schema.BufferT()
-    buf.data = np.frombuffer(json.dumps(full, sort_keys=True).encode("utf-8"), dtype=np.uint8)
-    model.buffers.append(buf)
-    entry = schema.MetadataT()
-    entry.name = METADATA_NAME
-    entry.buffer = len(model.buffers) - 1
-    model.metadata = [m for m in (model.metadata or []) if m.name not in (METADATA_NAME, METADATA_NAME.encode())]
-    model.metadata.append(entry)
+    data = np.frombuffer(json.dumps(full, sort_keys=True).encode("utf-8"), dtype=np.uint8)
+    existing = [m for m in (model.metadata or []) if m.name in (METADATA_NAME, METADATA_NAME.encode())]
+    if existing:
+        model.buffers[existing[0].buffer].data = data
+    else:
+        buf = schema.BufferT()
+        buf.data = data
+        model.buffers.append(buf)
+        entry = schema.MetadataT()
+        entry.name = METADATA_NAME
+        entry.buffer = len(model.buffers) - 1
+        model.metadata = [*(model.metadata or []), entry]
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
@@ -99,24 +106,10 @@ def replace_metadata(bundle: bytes, meta: dict) -> bytes:
 
     ``tflite_sha256`` keeps the old value: it is the hash of the flatbuffer before any metadata went in.
     """
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    from edge_monitor.bundle import read_metadata_bytes
-
-    old = json.loads((read_metadata_bytes(bundle) or b"{}").decode("utf-8"))
-    full = dict(meta)
-    full.setdefault("format_version", FORMAT_VERSION)
-    full["tflite_sha256"] = old.get("tflite_sha256", full.get("tflite_sha256"))
-    problems = validate_metadata(full)
-    if problems:
-        raise ValueError("refusing to write an invalid bundle: " + "; ".join(problems))
-    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(bundle))
-    entries = [m for m in (model.metadata or []) if m.name in (METADATA_NAME, METADATA_NAME.encode())]
-    if not entries:
+    raw = read_metadata_bytes(bundle)
+    if raw is None:
         raise ValueError("not an edge-monitor bundle: no metadata to replace")
-    model.buffers[entries[0].buffer].data = np.frombuffer(json.dumps(full, sort_keys=True).encode("utf-8"),
-                                                          dtype=np.uint8)
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    return embed_metadata(bundle, meta, tflite_sha256=json.loads(raw.decode("utf-8"))["tflite_sha256"])
 
 
 def export_bundle(keras_model: Any, representative: Iterable[np.ndarray], meta: dict,

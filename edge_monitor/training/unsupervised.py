@@ -505,7 +505,7 @@ def train_unsupervised(normal_paths: Sequence[Union[str, Path]], out_path: Union
     stages["read_s"] = time.perf_counter() - t_start
     if cross_fit:
         say(f"read {len(files)} file(s), {total_s:.1f} s of audio; {len(folds)}-fold calibration over "
-            f"{len(folds[0][1]) * len(folds)} part(s)")
+            f"{sum(len(held) for _, held in folds)} part(s)")
     else:
         say(f"read {len(files)} file(s), {total_s:.1f} s of audio; {len(folds[0][0])} training part(s), "
             f"{len(folds[0][1])} held out for calibration")

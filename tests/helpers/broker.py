@@ -1,8 +1,8 @@
 """Test helpers for MQTT: a real mosquitto per test, certificates, a collecting subscriber.
 
-- ``Mosquitto``: runs ``mosquitto -c <generated config>`` on a free port bound
-  to 127.0.0.1, and can be stopped and restarted on the same port to simulate
-  outages (with persistence on, subscribers' persistent sessions survive).
+- ``Mosquitto`` (from ``benchmarks/mqtt_rig.py``, which has no pytest): a broker on
+  a free 127.0.0.1 port, restartable on the same port to simulate outages; the
+  ``mosquitto`` fixture runs one per test.
 - ``make_ca`` / ``issue_cert``: a throw-away PKI made with ``openssl``.
 - ``make_passwd``: a mosquitto password file made with ``mosquitto_passwd -b``.
 - ``Collector``: a paho subscriber that records every message it receives.
@@ -14,11 +14,9 @@
 from __future__ import annotations
 
 import dataclasses
-import getpass
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -30,14 +28,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-HOST = "127.0.0.1"
-
-
-def free_port() -> int:
-    """A TCP port that is free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
+from benchmarks.mqtt_rig import HOST, Mosquitto, Tls, free_port  # noqa: F401 - re-exported for the tests
 
 
 def wait_until(predicate: Callable[[], Any], timeout_s: float = 20.0, interval_s: float = 0.05,
@@ -51,110 +42,6 @@ def wait_until(predicate: Callable[[], Any], timeout_s: float = 20.0, interval_s
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         time.sleep(interval_s)
-
-
-@dataclasses.dataclass
-class Tls:
-    """Server-side TLS files for mosquitto."""
-
-    ca: Path
-    cert: Path
-    key: Path
-    require_client_cert: bool = True
-
-
-class Mosquitto:
-    """One mosquitto broker process for one test, restartable on the same port."""
-
-    def __init__(self, workdir: Path, *, persistence: bool = True, tls: Optional[Tls] = None,
-                 password_file: Optional[Path] = None) -> None:
-        """Configure (not start) a broker whose files live in ``workdir``."""
-        self.workdir = Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.host = HOST
-        self.port = free_port()
-        self.persistence = persistence
-        self.tls = tls
-        self.password_file = password_file
-        self.log_path = self.workdir / "mosquitto.log"
-        self._proc: Optional[subprocess.Popen] = None
-
-    def config_text(self) -> str:
-        """The mosquitto.conf for the current settings."""
-        lines = [
-            f"listener {self.port} {HOST}",
-            f"user {getpass.getuser()}",
-            "log_dest stderr",
-            "log_type error",
-            "log_type warning",
-            "log_type notice",
-            "log_type information",
-            "connection_messages true",
-            "max_queued_messages 100000",
-        ]
-        if self.persistence:
-            lines += ["persistence true", f"persistence_location {self.workdir}/"]
-        if self.password_file is not None:
-            lines += [f"password_file {self.password_file}", "allow_anonymous false"]
-        else:
-            lines += ["allow_anonymous true"]
-        if self.tls is not None:
-            lines += [f"cafile {self.tls.ca}", f"certfile {self.tls.cert}", f"keyfile {self.tls.key}",
-                      f"require_certificate {'true' if self.tls.require_client_cert else 'false'}"]
-        return "\n".join(lines) + "\n"
-
-    def start(self, timeout_s: float = 20.0) -> None:
-        """Start the broker and wait until it accepts TCP connections."""
-        assert self._proc is None, "already running"
-        conf = self.workdir / "mosquitto.conf"
-        conf.write_text(self.config_text())
-        log = open(self.log_path, "ab")
-        self._proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=log, stderr=log,
-                                      stdin=subprocess.DEVNULL)
-        log.close()
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if self._proc.poll() is not None:
-                code = self._proc.returncode
-                self._proc = None
-                raise RuntimeError(f"mosquitto exited with {code}:\n{self.log_text()[-2000:]}")
-            try:
-                with socket.create_connection((HOST, self.port), timeout=0.5):
-                    return
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"mosquitto did not listen on {self.port}:\n{self.log_text()[-2000:]}") from None
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        """Stop the broker (SIGTERM, which saves persistence; SIGKILL after 10 s)."""
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-    def restart(self) -> None:
-        """Stop and start again on the same port, with the (possibly changed) settings."""
-        self.stop()
-        self.start()
-
-    @property
-    def running(self) -> bool:
-        """True while the process is alive."""
-        return self._proc is not None and self._proc.poll() is None
-
-    def log_text(self) -> str:
-        """Everything mosquitto logged so far."""
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
 
 
 @pytest.fixture
