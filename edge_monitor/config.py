@@ -162,6 +162,8 @@ class Config:
     state_dir: str = _f(DEFAULT_STATE_DIR, help="Folder for the outbox, clips and runtime state (systemd's StateDirectory)")
     log_level: str = _f("info", help="debug, info, warning or error", choices=("debug", "info", "warning", "error"))
     source_file: str = dataclasses.field(default="", compare=False, metadata={"internal": True})
+    key_lines: dict = dataclasses.field(default_factory=dict, compare=False, repr=False, metadata={"internal": True})
+    """1-based line of every key path in ``source_file`` (for errors found after loading)."""
 
 
 # ---------------------------------------------------------------- loading
@@ -177,26 +179,111 @@ class ConfigError(ValueError):
 _Path = tuple[Union[str, int], ...]
 
 
-def _node_to_python(node: yaml.Node, path: _Path, lines: dict[_Path, int], problems: list[str], fname: str) -> Any:
-    """Convert a composed YAML node to Python values, recording each key path's line (1-based)."""
-    lines[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
+MAX_CONFIG_BYTES = 1_000_000
+"""A machine config is a few kB; anything larger is the wrong file."""
+MAX_YAML_VALUES = 10_000
+"""Values a config may expand to, aliases included: bounds the work a 'billion laughs' file can cause."""
+MAX_YAML_DEPTH = 32
+"""Nesting levels a config may have (the schema needs three)."""
+
+_INVALID = object()
+"""Stands for a value that could not be read; its problem is already recorded."""
+
+_SCALAR_TAGS = {
+    "tag:yaml.org,2002:null", "tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
+}
+_STR_TAG = "tag:yaml.org,2002:str"
+_TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
+_COLLECTION_TAGS = {"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"}
+
+
+def _short_tag(tag: str) -> str:
+    return "!!" + tag[len("tag:yaml.org,2002:"):] if tag.startswith("tag:yaml.org,2002:") else tag
+
+
+class _Converter:
+    """Composed YAML nodes to plain Python values, with bounded work and a problem for every oddity."""
+
+    def __init__(self, fname: str, lines: dict[_Path, int], problems: list[str]) -> None:
+        self.fname = fname
+        self.lines = lines
+        self.problems = problems
+        self.values = 0
+        self._open: set[int] = set()  # nodes being converted: an alias back to one of them is a cycle
+        self._constructor = yaml.constructor.SafeConstructor()
+
+    def where(self, node: yaml.Node) -> str:
+        return f"{self.fname}:{node.start_mark.line + 1}"
+
+    def convert(self, node: yaml.Node, path: _Path, depth: int = 0) -> Any:
+        self.values += 1
+        if self.values > MAX_YAML_VALUES:
+            raise ConfigError([f"{self.where(node)}: the YAML expands to more than {MAX_YAML_VALUES} values "
+                               "(aliases repeating aliases?); a machine config needs far fewer"])
+        if depth > MAX_YAML_DEPTH:
+            raise ConfigError([f"{self.where(node)}: the YAML is nested more than {MAX_YAML_DEPTH} levels deep"])
+        if id(node) in self._open:
+            raise ConfigError([f"{self.where(node)}: {_dotted(path)}: an alias refers to itself (a recursive "
+                               "structure cannot be a config value)"])
+        self.lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.ScalarNode):
+            return self.scalar(node, path)
+        if node.tag not in _COLLECTION_TAGS:
+            self.problems.append(f"{self.where(node)}: {_dotted(path)}: unsupported YAML tag {_short_tag(node.tag)}")
+            return _INVALID
+        self._open.add(id(node))
+        try:
+            if isinstance(node, yaml.SequenceNode):
+                return [self.convert(v, path + (i,), depth + 1) for i, v in enumerate(node.value)]
+            return self.mapping(node, path, depth)
+        finally:
+            self._open.discard(id(node))
+
+    def mapping(self, node: yaml.MappingNode, path: _Path, depth: int) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
+            self.values += 1
+            if not isinstance(key_node, yaml.ScalarNode):
+                kind = "list" if isinstance(key_node, yaml.SequenceNode) else "mapping"
+                self.problems.append(f"{self.where(key_node)}: {_dotted(path)}: a key must be a plain name, "
+                                     f"not a {kind}")
+                continue
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                self.problems.append(f"{self.where(key_node)}: {_dotted(path)}: YAML merge keys (<<) are not "
+                                     "supported; write the keys out")
+                continue
             key = key_node.value
             if key in out:
-                problems.append(f"{fname}:{key_node.start_mark.line + 1}: {_dotted(path + (key,))}: duplicate key")
-            out[key] = _node_to_python(value_node, path + (key,), lines, problems, fname)
+                self.problems.append(f"{self.where(key_node)}: {_dotted(path + (key,))}: duplicate key")
+            out[key] = self.convert(value_node, path + (key,), depth + 1)
             if isinstance(value_node, (yaml.MappingNode, yaml.SequenceNode)):
-                lines[path + (key,)] = key_node.start_mark.line + 1  # a block's errors point at its key
+                self.lines[path + (key,)] = key_node.start_mark.line + 1  # a block's errors point at its key
         return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_node_to_python(v, path + (i,), lines, problems, fname) for i, v in enumerate(node.value)]
-    return yaml.SafeLoader.construct_object(yaml.SafeLoader(""), node, deep=True)  # scalar
+
+    def scalar(self, node: yaml.ScalarNode, path: _Path) -> Any:
+        if node.tag == _STR_TAG or node.tag == _TIMESTAMP_TAG:
+            return node.value  # no setting is a date: a date-like value stays the text that was written
+        if node.tag not in _SCALAR_TAGS:
+            self.problems.append(f"{self.where(node)}: {_dotted(path)}: unsupported YAML tag {_short_tag(node.tag)}")
+            return _INVALID
+        try:
+            return self._constructor.construct_object(node, deep=True)
+        except (ValueError, ArithmeticError, yaml.YAMLError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            self.problems.append(f"{self.where(node)}: {_dotted(path)}: cannot read {_show(node.value)} as "
+                                 f"{_short_tag(node.tag)} ({reason})")
+            return _INVALID
+
+
+def _show(value: Any) -> str:
+    """A value for an error message: repr, shortened, so that one problem stays one line."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _dotted(path: _Path) -> str:
-    return ".".join(str(p) for p in path) or "(top level)"
+    return ".".join(p if isinstance(p, str) and p.isprintable() and p else
+                    (str(p) if isinstance(p, int) else repr(p)) for p in path) or "(top level)"
 
 
 def _type_name(tp: Any) -> str:
@@ -223,7 +310,7 @@ class _Builder:
             probe = probe[:-1]
             line = self.lines.get(probe)
         where = f"{self.fname}:{line}" if line else self.fname
-        self.problems.append(f"{where}: {_dotted(path)}: got {value!r}; expected {expected}")
+        self.problems.append(f"{where}: {_dotted(path)}: got {_show(value)}; expected {expected}")
 
     def build(self, cls: Any, data: Any, path: _Path) -> Any:
         if not isinstance(data, dict):
@@ -252,6 +339,8 @@ class _Builder:
             return None
 
     def value(self, tp: Any, value: Any, path: _Path, meta: dict) -> tuple[bool, Any]:
+        if value is _INVALID:
+            return False, None  # already reported where it was read
         origin = typing.get_origin(tp)
         if origin is Union:
             args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -271,7 +360,7 @@ class _Builder:
         if origin is tuple:
             item = typing.get_args(tp)[0]
             seq = [value] if isinstance(value, (int, str)) and not isinstance(value, bool) else value
-            if not isinstance(seq, list) or not seq:
+            if not isinstance(seq, list) or not seq or len(seq) > 1024:
                 self.err(path, value, _type_name(tp))
                 return False, None
             out = []
@@ -299,6 +388,9 @@ class _Builder:
             if not isinstance(value, str):
                 self.err(path, value, "a string")
                 return False, None
+            if not value.isprintable():
+                self.err(path, value, "a string without control characters (newline, tab, NUL, ...)")
+                return False, None
             if meta.get("choices") and value not in meta["choices"]:
                 self.err(path, value, "one of " + ", ".join(meta["choices"]))
                 return False, None
@@ -317,8 +409,34 @@ class _Builder:
 _MACHINE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
+MAX_TOPIC_PREFIX_CHARS = 1000
+"""Longer prefixes are typos; MQTT's own limit is 65535 bytes for the whole topic."""
+
+
+def topic_problem(topic: str) -> Optional[str]:
+    """Why ``topic`` cannot be used to publish on (or as a prefix of topics), or None when it is fine."""
+    if not topic:
+        return "it is empty"
+    if "+" in topic or "#" in topic:
+        return "it contains an MQTT wildcard (+ or #), which is only allowed in subscriptions"
+    if not topic.isprintable():
+        return "it contains a control character"
+    if topic.startswith("$"):
+        return "topics starting with $ are reserved for the broker"
+    if "" in topic.split("/"):
+        return "it has an empty level (a leading '/' or '//')"
+    if len(topic) > MAX_TOPIC_PREFIX_CHARS:
+        return f"it is longer than {MAX_TOPIC_PREFIX_CHARS} characters"
+    return None
+
+
+def mqtt_prefix(cfg: Config) -> str:
+    """The topic prefix in force: ``mqtt.prefix``, or ``edge-monitor/<site>/<machine>``."""
+    return cfg.mqtt.prefix or f"edge-monitor/{cfg.machine.site}/{cfg.machine.id}"
+
+
 def _semantic_checks(cfg: Config, b: _Builder) -> None:
-    if not _MACHINE_ID.match(cfg.machine.id):
+    if not _MACHINE_ID.fullmatch(cfg.machine.id):
         b.err(("machine", "id"), cfg.machine.id, "1-64 letters, digits, '-' or '_' (it goes into MQTT topics)")
     src = cfg.source
     if src.type == "file" and not src.path:
@@ -336,6 +454,25 @@ def _semantic_checks(cfg: Config, b: _Builder) -> None:
         if d.threshold is not None and d.clear_threshold > d.threshold:
             b.err(("detection", "clear_threshold"), d.clear_threshold, f"at most threshold ({d.threshold})")
     m = cfg.mqtt
+    if m.prefix is not None:
+        why = topic_problem(m.prefix.rstrip("/"))
+        if why:
+            b.err(("mqtt", "prefix"), m.prefix, f"a topic prefix such as edge-monitor/hall-2/fan-1 ({why})")
+    elif _MACHINE_ID.fullmatch(cfg.machine.id):
+        why = topic_problem(mqtt_prefix(cfg))
+        if why:
+            b.err(("machine", "site"), cfg.machine.site, "a site name that fits the default MQTT prefix "
+                  f"edge-monitor/<site>/<machine> ({why}); or set mqtt.prefix")
+    why = topic_problem(m.homeassistant.discovery_prefix)
+    if why:
+        b.err(("mqtt", "homeassistant", "discovery_prefix"), m.homeassistant.discovery_prefix,
+              f"a topic prefix such as homeassistant ({why})")
+    if not m.host or any(c.isspace() for c in m.host):
+        b.err(("mqtt", "host"), m.host, "a host name or IP address without spaces")
+    if m.client_id is not None and not m.client_id:
+        b.err(("mqtt", "client_id"), m.client_id, "a non-empty client id (or null for the default)")
+    if isinstance(src.device, int) and src.device < 0:
+        b.err(("source", "device"), src.device, "a device index >= 0 or a name")
     if m.tls and (bool(m.tls.cert) != bool(m.tls.key)):
         b.err(("mqtt", "tls"), "cert/key", "both cert and key, or neither")
     if m.password_file and not m.username:
@@ -359,25 +496,32 @@ def _state_dir(base: Path, configured: str) -> str:
 
 def parse_config(text: str, fname: str = "<config>", base_dir: Optional[Path] = None) -> Config:
     """Parse YAML text into a Config, raising ConfigError listing every problem."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError([f"{fname}: the file is larger than {MAX_CONFIG_BYTES // 1000} kB; "
+                           "a machine config is a few kB (is this the right file?)"])
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{fname}:{mark.line + 1}" if mark else fname
-        raise ConfigError([f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError([f"{where}: not valid YAML: {problem}"]) from None
+    except RecursionError:
+        raise ConfigError([f"{fname}: the YAML is nested too deeply to read"]) from None
     if node is None:
         raise ConfigError([f"{fname}: the file is empty; expected a mapping with machine, model, source, ..."])
     lines: dict[_Path, int] = {}
     problems: list[str] = []
-    data = _node_to_python(node, (), lines, problems, fname)
+    data = _Converter(fname, lines, problems).convert(node, ())
     b = _Builder(fname, lines)
     b.problems.extend(problems)
-    cfg = b.build(Config, data, ())
+    cfg = b.build(Config, data, ()) if data is not _INVALID else None
     if cfg is not None and not b.problems:
         _semantic_checks(cfg, b)
     if b.problems or cfg is None:
         raise ConfigError(b.problems or [f"{fname}: invalid configuration"])
     base = base_dir or Path(".")
+    state_dir = _state_dir(base, cfg.state_dir)
     cfg = dataclasses.replace(
         cfg,
         machine=dataclasses.replace(cfg.machine, type_check_model=_resolve(base, cfg.machine.type_check_model)),
@@ -385,11 +529,15 @@ def parse_config(text: str, fname: str = "<config>", base_dir: Optional[Path] = 
         source=dataclasses.replace(cfg.source, path=_resolve(base, cfg.source.path)),
         mqtt=dataclasses.replace(
             cfg.mqtt, password_file=_resolve(base, cfg.mqtt.password_file),
+            prefix=cfg.mqtt.prefix.rstrip("/") if cfg.mqtt.prefix else cfg.mqtt.prefix,
+            outbox_path=_resolve(base, cfg.mqtt.outbox_path),
             tls=None if cfg.mqtt.tls is None else dataclasses.replace(
                 cfg.mqtt.tls, ca=_resolve(base, cfg.mqtt.tls.ca), cert=_resolve(base, cfg.mqtt.tls.cert),
                 key=_resolve(base, cfg.mqtt.tls.key))),
-        state_dir=_state_dir(base, cfg.state_dir),
+        clips=dataclasses.replace(cfg.clips, dir=_resolve(base, cfg.clips.dir)),
+        state_dir=state_dir,
         source_file=fname,
+        key_lines=dict(lines),
     )
     return cfg
 
