@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -15,6 +16,9 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from edge_monitor.bundle import FORMAT_VERSION, METADATA_NAME, file_sha256, read_metadata_bytes, validate_metadata
+
+_LOGGER = logging.getLogger(__name__)
+_WARNED: set[tuple[str, ...]] = set()
 
 
 @contextlib.contextmanager
@@ -67,7 +71,21 @@ def convert_int8(keras_model: Any, representative: Iterable[np.ndarray]) -> byte
     converter.inference_input_type = tf.int8
     converter.inference_output_type = tf.int8
     with _converter_chatter_captured():
-        return bytes(converter.convert())
+        tflite = bytes(converter.convert())
+    warn_if_unsupported(tflite)
+    return tflite
+
+
+def warn_if_unsupported(tflite: bytes) -> list[str]:
+    """Log a warning naming the ops tflite-runtime 2.14 (the 32-bit Pi runtime) lacks; returns them."""
+    from edge_monitor.training.opcompat import TFLITE_RUNTIME_2_14_NAME, unsupported_ops
+
+    problems = unsupported_ops(tflite)
+    if problems and tuple(problems) not in _WARNED:  # once per process: cross-fitting converts a model per fold
+        _WARNED.add(tuple(problems))
+        _LOGGER.warning("this model will not load with %s (the only runtime on 32-bit Raspberry Pi OS): it uses "
+                        "%s; ai-edge-litert runs it", TFLITE_RUNTIME_2_14_NAME, ", ".join(problems))
+    return problems
 
 
 def embed_metadata(tflite: bytes, meta: dict, *, tflite_sha256: Optional[str] = None) -> bytes:
