@@ -15,4 +15,6 @@ $SUDO systemctl disable --now mosquitto >/dev/null 2>&1 || true
 [ -x .venv/bin/python ] || python3 -m venv --system-site-packages .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e ".[train,dev]"
+# tests/test_tflite_runtime.py builds .venv-tflite (tflite-runtime 2.14, numpy<2) itself; here it must not skip.
+export EDGE_MONITOR_REQUIRE_TFLITE_RUNTIME=1
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
