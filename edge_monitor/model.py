@@ -2,13 +2,15 @@
 
 The interpreter comes from ``ai_edge_litert``, else ``tflite_runtime``, else
 ``tensorflow.lite`` (the last only when TensorFlow happens to be installed; the
-daemon never needs it). Inputs are quantised and outputs dequantised with the
-scale and zero-point read from the interpreter.
+daemon never needs it), unless ``EDGE_MONITOR_TFLITE_BACKEND`` names one. Inputs
+are quantised and outputs dequantised with the scale and zero-point read from the
+interpreter.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import sys
@@ -27,8 +29,24 @@ class ModelError(BundleError):
     """The model can't be loaded or doesn't fit the audio/config. One sentence, naming the file."""
 
 
+BACKEND_ENV = "EDGE_MONITOR_TFLITE_BACKEND"
+"""Set to ``ai_edge_litert``, ``tflite_runtime`` or ``tensorflow`` to use that runtime instead of the first found."""
+_BACKEND_MODULES = {"ai_edge_litert": "ai_edge_litert.interpreter", "tflite_runtime": "tflite_runtime.interpreter",
+                    "tensorflow": "tensorflow"}
+
+
 def interpreter_class() -> tuple[Any, str]:
-    """The first TFLite interpreter class available, and the backend's name."""
+    """The TFLite interpreter class and the backend's name: ``$EDGE_MONITOR_TFLITE_BACKEND``, else the first found."""
+    wanted = os.environ.get(BACKEND_ENV, "").strip()
+    if wanted:
+        if wanted not in _BACKEND_MODULES:
+            raise ModelError(f"{BACKEND_ENV}={wanted!r} is not a TFLite runtime; use one of "
+                             f"{', '.join(_BACKEND_MODULES)}")
+        try:
+            module = importlib.import_module(_BACKEND_MODULES[wanted])
+        except ImportError:
+            raise ModelError(f"{BACKEND_ENV}={wanted} but {wanted} is not installed") from None
+        return (module.lite.Interpreter if wanted == "tensorflow" else module.Interpreter), wanted
     try:
         from ai_edge_litert.interpreter import Interpreter  # type: ignore
         return Interpreter, "ai_edge_litert"
@@ -137,9 +155,17 @@ class ModelRunner:
         score = meta.get("score") or {}
         path = self.bundle.path
         n_out = int(np.prod(self._out["shape"]))
+        self._frame_dim = 0
         if kind == "autoencoder":
             if n_out != int(np.prod(self._in_shape)):
                 raise ModelError(f"model {path}: an autoencoder's output must match its input size")
+        elif kind == "embedding" and score.get("type") == "frame_norm":
+            # the model whitens every frame itself: (frames, d) out, score = mean frame length
+            out_shape = tuple(int(v) for v in self._out["shape"])
+            if len(out_shape) != 3 or out_shape[1] != self.bundle.spec.frames_per_window:
+                raise ModelError(f"model {path}: a frame_norm model must output one vector per frame, "
+                                 f"got shape {list(out_shape)}")
+            self._frame_dim = out_shape[2]
         elif kind == "embedding":
             try:
                 self._mean = np.asarray(score["mean"], dtype=np.float64)
@@ -179,6 +205,9 @@ class ModelRunner:
         if kind == "autoencoder":
             d = x.reshape(-1) - y
             return float(np.mean(d * d))
+        if kind == "embedding" and self._frame_dim:
+            z = y.reshape(-1, self._frame_dim).astype(np.float64)
+            return float(np.sqrt((z * z).sum(axis=1)).mean())
         if kind == "embedding":
             d = y.astype(np.float64) - self._mean
             return float(np.sqrt(max(d @ self._precision @ d, 0.0)))

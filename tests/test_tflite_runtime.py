@@ -7,14 +7,18 @@ bearing fault, normal) window by window.
 
 What must agree, and how closely:
 
-* **TFLite's own int8 kernels are bit-identical** in both runtimes: with the default delegates off, every
-  raw int8 output of every window is the same.
+* **TFLite's own int8 kernels agree** in both runtimes: with the default delegates off, the raw int8
+  outputs are the same but for one quantisation step in at most 0.1% of them (the shipped classifiers:
+  bit-identical; the frame-whitening detector's FULLY_CONNECTED: 48 of 626,688 outputs off by one).
 * **The daemon's scores** (default interpreter options) agree within a tolerance, because ai-edge-litert
   hands int8 graphs to XNNPACK, whose requantisation rounds differently, while tflite-runtime 2.14 runs
   them on TFLite's own kernels. Measured on these bundles and recordings: classifier probabilities differ
   by at most 0.11 in a window (mean 0.01) and 0.004 in a file's mean; autoencoder scores by 0.02%. Allowed:
   :data:`CLASSIFIER_WINDOW_TOL` / :data:`CLASSIFIER_FILE_TOL` (absolute probability), and
   :data:`SCORE_WINDOW_RTOL` / :data:`SCORE_FILE_RTOL` (relative) for the other kinds.
+
+The oldest ai-edge-litert that setup.cfg allows must give exactly the current release's scores, and the
+``[tflite-runtime]`` extra must install and be selectable with ``EDGE_MONITOR_TFLITE_BACKEND``.
 
 A bundle that uses an op version tflite-runtime 2.14 lacks (per ``edge_monitor.training.opcompat``) is
 first shown to be rejected by the real runtime, then marked xfail with the ops named.
@@ -32,7 +36,7 @@ import pytest
 
 from edge_monitor.bundle import load_metadata
 from edge_monitor.wavio import read_wav, write_wav
-from tests.helpers.tflite_venv import REPO_ROOT, probe, venv_python
+from tests.helpers.tflite_venv import REPO_ROOT, litert_floor, probe, tflite_runtime_requirements, venv_python
 
 pytest.importorskip("tensorflow", reason="the op table and the fresh models need TensorFlow ([train] extra)")
 
@@ -48,6 +52,10 @@ SHIPPED = sorted((REPO_ROOT / "models").glob("*.tflite")) + [REPO_ROOT / "edge_m
 HOP_FRAMES = 8  # 0.256 s between windows: 153 windows over the 40 s demo recording
 NORMAL_SECONDS = 14.0  # the demo recording is normal until its fault starts at 15 s
 
+BUILTIN_MAX_STEPS = 1
+"""TFLite's own int8 kernels: outputs may differ by one quantisation step (requantisation rounding)..."""
+BUILTIN_MAX_DIFFERENT = 0.001
+"""...in at most this fraction of the outputs."""
 CLASSIFIER_WINDOW_TOL = 0.15
 """Largest allowed difference of one window's alert probability between the runtimes."""
 CLASSIFIER_FILE_TOL = 0.01
@@ -60,13 +68,20 @@ SCORE_FILE_RTOL = 0.01
 
 @pytest.fixture(scope="module")
 def side_python() -> Path:
-    return venv_python()
+    """A venv made by ``pip install '<checkout>[tflite-runtime]'``: tflite-runtime 2.14 and ai-edge-litert, numpy<2."""
+    return venv_python("tflite", tflite_runtime_requirements())
+
+
+@pytest.fixture(scope="module")
+def floor_python() -> Path:
+    """A venv with the oldest ai-edge-litert that setup.cfg allows."""
+    return venv_python(f"litert-{litert_floor()}", [f"ai-edge-litert=={litert_floor()}"])
 
 
 def _check_agreement(model: Path, side: Path) -> None:
     """The bundle loads on both runtimes and scores the demo recording alike (see the module docstring)."""
     problems = unsupported_ops(model.read_bytes())
-    fallback = probe(side, model, DEMO_WAV, HOP_FRAMES)
+    fallback = probe(side, model, DEMO_WAV, HOP_FRAMES, backend="tflite_runtime")
     if problems:
         assert fallback["error"] and "Didn't find op" in fallback["error"], (
             f"{model.name}: the op table says tflite-runtime 2.14 lacks {problems}, but it loaded: {fallback}")
@@ -79,7 +94,10 @@ def _check_agreement(model: Path, side: Path) -> None:
     assert main["error"] is None and main["backend"] == "ai_edge_litert", main
 
     assert len(main["scores"]) == len(fallback["scores"]) > 100
-    assert main["int8_builtin"] == fallback["int8_builtin"], f"{model.name}: TFLite's own kernels differ"
+    own_a, own_b = np.array(main["int8_builtin"]), np.array(fallback["int8_builtin"])
+    assert own_a.shape == own_b.shape
+    assert np.abs(own_a - own_b).max() <= BUILTIN_MAX_STEPS, f"{model.name}: TFLite's own kernels differ"
+    assert np.mean(own_a != own_b) <= BUILTIN_MAX_DIFFERENT, np.mean(own_a != own_b)
 
     a, b = np.array(main["scores"]), np.array(fallback["scores"])
     kind = load_metadata(model)[0]["kind"]
@@ -123,6 +141,32 @@ def test_op_table_matches_the_real_runtime(side_python: Path, tmp_path: Path) ->
 @pytest.mark.parametrize("model", SHIPPED, ids=[f"{p.parent.name}/{p.name}" for p in SHIPPED])
 def test_shipped_bundle_agrees(model: Path, side_python: Path) -> None:
     _check_agreement(model, side_python)
+
+
+def test_the_extra_installs_both_runtimes_and_the_variable_chooses(side_python: Path) -> None:
+    """With the [tflite-runtime] extra on x86_64/aarch64 both runtimes are installed: ai-edge-litert stays the
+    default and EDGE_MONITOR_TFLITE_BACKEND=tflite_runtime picks the fallback; a wrong name is refused."""
+    model = REPO_ROOT / "models" / "machine-type.tflite"
+    default = probe(side_python, model)
+    assert (default["error"], default["backend"]) == (None, "ai_edge_litert")
+    assert default["numpy"].startswith("1.")
+    chosen = probe(side_python, model, backend="tflite_runtime")
+    assert (chosen["error"], chosen["backend"], chosen["backend_version"]) == (None, "tflite_runtime", "2.14.0")
+    wrong = probe(side_python, model, backend="tflite")
+    assert "EDGE_MONITOR_TFLITE_BACKEND='tflite' is not a TFLite runtime" in wrong["error"]
+    absent = probe(sys.executable, model, backend="tflite_runtime")
+    assert "tflite_runtime is not installed" in absent["error"]
+
+
+@pytest.mark.parametrize("model", SHIPPED, ids=[f"{p.parent.name}/{p.name}" for p in SHIPPED])
+def test_oldest_allowed_litert_scores_like_the_current_one(model: Path, floor_python: Path) -> None:
+    """The floor pinned in setup.cfg loads every shipped bundle and gives exactly the project venv's scores."""
+    old = probe(floor_python, model, DEMO_WAV, HOP_FRAMES)
+    assert old["error"] is None, old["error"]
+    assert (old["backend"], old["backend_version"]) == ("ai_edge_litert", litert_floor())
+    new = probe(sys.executable, model, DEMO_WAV, HOP_FRAMES)
+    assert new["backend"] == "ai_edge_litert" and new["backend_version"] != old["backend_version"]
+    assert old["scores"] == new["scores"]
 
 
 def _run(*args: str, cwd: Path) -> None:

@@ -1,9 +1,13 @@
-"""A side virtualenv with tflite-runtime 2.14, for checking bundles against the fallback runtime.
+"""Side virtualenvs with other TFLite runtimes, for checking bundles against them.
 
-tflite-runtime 2.14 (its last release) needs ``numpy<2`` and Python <= 3.11, so it can't share the
-project venv (numpy 2, ai-edge-litert). The venv is built once in ``<repo>/.venv-tflite`` from
-:data:`REQUIREMENTS` and reused while its recorded requirements match. The edge_monitor code it
-runs is this checkout's (``PYTHONPATH``), so both runtimes go through the same ModelRunner.
+* ``.venv-tflite``: ``pip install '<checkout>[tflite-runtime]'``, i.e. tflite-runtime 2.14 (its last
+  release: ``numpy<2``, Python <= 3.11, so it can't share the project venv) next to ai-edge-litert,
+  as a user who picks the fallback on x86_64 or aarch64 gets it.
+* ``.venv-litert-<floor>``: the oldest ai-edge-litert that setup.cfg allows.
+
+Each venv is built once and reused while its requirements and setup.cfg are unchanged. The
+edge_monitor code they run is this checkout's (``PYTHONPATH``), so every runtime goes through the
+same ModelRunner.
 
 Outside CI, a venv that can't be built because PyPI is unreachable skips the tests that need it.
 In CI (``CI`` or ``EDGE_MONITOR_REQUIRE_TFLITE_RUNTIME`` set; ``scripts/test.sh`` sets the latter)
@@ -13,8 +17,10 @@ it is a failure, so the check can't silently stop running.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -25,11 +31,21 @@ from typing import Any, Optional
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-VENV_DIR = Path(os.environ.get("EDGE_MONITOR_TFLITE_VENV", str(REPO_ROOT / ".venv-tflite")))
-REQUIREMENTS = ("tflite-runtime==2.14.*", "numpy<2")
 PROBE = Path(__file__).with_name("tflite_probe.py")
 _STAMP = "edge-monitor-requirements.json"
 _BUILD_TIMEOUT_S = 900
+
+
+def tflite_runtime_requirements() -> list[str]:
+    """What a user gets with ``pip install 'edge-monitor[tflite-runtime]'``: this checkout with that extra."""
+    return [f"{REPO_ROOT}[tflite-runtime]"]
+
+
+def litert_floor() -> str:
+    """The lowest ai-edge-litert version setup.cfg allows (``ai-edge-litert>=X``)."""
+    match = re.search(r"^\s*ai-edge-litert>=([0-9.]+)", (REPO_ROOT / "setup.cfg").read_text(), re.MULTILINE)
+    assert match, "setup.cfg pins no ai-edge-litert floor"
+    return match.group(1)
 
 
 def required() -> bool:
@@ -58,19 +74,25 @@ def _pypi_reachable() -> bool:
 
 def _give_up(why: str) -> None:
     if required() or _pypi_reachable():
-        pytest.fail(f"tflite-runtime side venv: {why}")
-    pytest.skip(f"tflite-runtime side venv not available offline: {why}")
+        pytest.fail(f"side venv: {why}")
+    pytest.skip(f"side venv not available offline: {why}")
 
 
-def venv_python() -> Path:
-    """The side venv's python, building the venv first if needed (fails or skips as described above)."""
-    python = VENV_DIR / "bin" / "python"
-    stamp = VENV_DIR / _STAMP
-    VENV_DIR.parent.mkdir(parents=True, exist_ok=True)
-    with open(str(VENV_DIR) + ".lock", "w") as lock:
+def venv_python(name: str, requirements: list[str]) -> Path:
+    """``<repo>/.venv-<name>``'s python with ``requirements`` installed, building the venv if needed.
+
+    Reused while its recorded requirements (and, for a local path, that path's setup.cfg) are unchanged.
+    Fails or skips as described in the module docstring.
+    """
+    venv = REPO_ROOT / f".venv-{name}"
+    python = venv / "bin" / "python"
+    stamp = venv / _STAMP
+    want = {"requirements": requirements,
+            "setup.cfg": hashlib.sha256((REPO_ROOT / "setup.cfg").read_bytes()).hexdigest()}
+    with open(str(venv) + ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            if python.exists() and stamp.is_file() and json.loads(stamp.read_text()) == list(REQUIREMENTS):
+            if python.exists() and json.loads(stamp.read_text()) == want:
                 return python
         except (OSError, ValueError):
             pass
@@ -78,9 +100,9 @@ def venv_python() -> Path:
         if base is None:
             _give_up("tflite-runtime 2.14 needs Python <= 3.11 and none was found (python3.11, python3.10, "
                      "python3.9)")
-        shutil.rmtree(VENV_DIR, ignore_errors=True)
-        steps = ([base, "-m", "venv", str(VENV_DIR)],
-                 [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *REQUIREMENTS])
+        shutil.rmtree(venv, ignore_errors=True)
+        steps = ([base, "-m", "venv", str(venv)],
+                 [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *requirements])
         for cmd in steps:
             try:
                 done = subprocess.run(cmd, capture_output=True, text=True, timeout=_BUILD_TIMEOUT_S)
@@ -89,15 +111,22 @@ def venv_python() -> Path:
             if done.returncode != 0:
                 tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-5:])
                 _give_up(f"`{' '.join(cmd)}` failed:\n{tail}")
-        stamp.write_text(json.dumps(list(REQUIREMENTS)))
+        stamp.write_text(json.dumps(want))
         return python
 
 
-def probe(python: Path | str, model: Path, wav: Optional[Path] = None, hop_frames: int = 8) -> dict[str, Any]:
-    """Run :mod:`tests.helpers.tflite_probe` with ``python``; its JSON result (``error`` when the load failed)."""
+def probe(python: Path | str, model: Path, wav: Optional[Path] = None, hop_frames: int = 8,
+          backend: Optional[str] = None) -> dict[str, Any]:
+    """Run :mod:`tests.helpers.tflite_probe` with ``python`` and this checkout's code; its JSON result.
+
+    ``backend`` sets ``EDGE_MONITOR_TFLITE_BACKEND`` (None: unset, the first runtime found). The result's
+    ``error`` holds the ModelError when the model or runtime was refused.
+    """
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO_ROOT)
     env.pop("EDGE_MONITOR_TFLITE_BACKEND", None)
+    if backend is not None:
+        env["EDGE_MONITOR_TFLITE_BACKEND"] = backend
     cmd = [str(python), str(PROBE), str(model), str(hop_frames)] + ([str(wav)] if wav else [])
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}"
