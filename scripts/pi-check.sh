@@ -1,0 +1,188 @@
+#!/usr/bin/env bash
+# Check the README's Raspberry Pi set-up in an emulated 64-bit Debian root, as a new user would try it.
+#
+#   sudo bash scripts/pi-check.sh [bookworm|trixie]     (default bookworm; needs root and network)
+#
+# 1. Builds (once) an arm64 Debian root with debootstrap (--include=ca-certificates,git), then copies it
+#    to a fresh working root for every run, so each run starts from a clean system.
+# 2. Runs it under qemu-user-static with a Raspberry Pi CPU: QEMU_CPU=cortex-a72 (Pi 4; PI_CHECK_CPU=
+#    cortex-a76 for a Pi 5) and a Pi-style /proc/cpuinfo bind-mounted over the emulator's. Both matter:
+#    with qemu's default CPU model ai-edge-litert 2.2/2.3 crash in Interpreter.__init__ and 2.1.6 scores
+#    wrongly, which is the emulator, not a Pi.
+# 3. Clones this repository's HEAD (PI_CHECK_REF to choose another commit) inside the root with its git
+#    and runs the README's demo command exactly as written: `bash scripts/demo.sh`.
+# 4. Runs the same demo from a clone on this (x86) machine and compares the alerts: types, scores and
+#    their offsets in the recording must match.
+#
+# Results: $PI_CHECK_DIR/<suite>-result.txt (versions, venv size, apt download and disk size, demo
+# output). Timings under emulation are NOT Raspberry Pi timings; the script prints none.
+# Environment: PI_CHECK_DIR (default /var/tmp/edge-monitor-pi-check), PI_CHECK_MIRROR, PI_CHECK_CPU,
+# PI_CHECK_REF.
+set -euo pipefail
+
+SUITE="${1:-bookworm}"
+case "$SUITE" in
+    bookworm|trixie) ;;
+    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "usage: $0 [bookworm|trixie]" >&2; exit 2 ;;
+esac
+[ "$(id -u)" -eq 0 ] || { echo "pi-check: run as root (debootstrap, chroot and mounts need it)" >&2; exit 2; }
+
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+WORK="${PI_CHECK_DIR:-/var/tmp/edge-monitor-pi-check}"
+MIRROR="${PI_CHECK_MIRROR:-http://deb.debian.org/debian}"
+CPU="${PI_CHECK_CPU:-cortex-a72}"
+REF="$(git -C "$REPO" rev-parse "${PI_CHECK_REF:-HEAD}")"
+BASE="$WORK/$SUITE-arm64"          # pristine debootstrap root, built once
+ROOT="$WORK/$SUITE-arm64-run"      # fresh copy for this run
+RESULT="$WORK/$SUITE-result.txt"
+PI_LOG="$WORK/$SUITE-pi-demo.log"
+X86_LOG="$WORK/$SUITE-x86-demo.log"
+mkdir -p "$WORK"
+
+say() { echo "pi-check: $*" >&2; }
+
+# ---------------------------------------------------------------- host tools and binfmt
+missing=()
+command -v debootstrap >/dev/null || missing+=(debootstrap)
+[ -x /usr/bin/qemu-aarch64-static ] || missing+=(qemu-user-static)
+command -v update-binfmts >/dev/null || missing+=(binfmt-support)
+if [ "${#missing[@]}" -gt 0 ]; then
+    say "installing ${missing[*]}"
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+fi
+[ -e /proc/sys/fs/binfmt_misc/status ] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+[ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || update-binfmts --enable qemu-aarch64
+grep -q '^enabled' /proc/sys/fs/binfmt_misc/qemu-aarch64 || { say "binfmt qemu-aarch64 is not enabled"; exit 1; }
+
+# ---------------------------------------------------------------- the arm64 root
+if [ ! -e "$BASE/.edge-monitor-pi-check" ]; then
+    rm -rf "$BASE"
+    say "debootstrap $SUITE arm64 from $MIRROR into $BASE (both stages under emulation; takes a while)"
+    if ! debootstrap --arch=arm64 --include=ca-certificates,git "$SUITE" "$BASE" "$MIRROR" \
+            >"$WORK/$SUITE-debootstrap.log" 2>&1; then
+        say "debootstrap failed; the end of $WORK/$SUITE-debootstrap.log:"
+        tail -n 20 "$WORK/$SUITE-debootstrap.log" >&2
+        [ -f "$BASE/debootstrap/debootstrap.log" ] && tail -n 20 "$BASE/debootstrap/debootstrap.log" >&2
+        exit 1
+    fi
+    touch "$BASE/.edge-monitor-pi-check"
+fi
+
+MOUNTS=()
+cleanup() {
+    local i
+    for ((i = ${#MOUNTS[@]} - 1; i >= 0; i--)); do umount -l "${MOUNTS[$i]}" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+bind() { mount "$@"; MOUNTS+=("${!#}"); }
+
+say "fresh working root $ROOT"
+rm -rf "$ROOT"
+cp -a --reflink=auto "$BASE" "$ROOT"
+cp -L /etc/resolv.conf "$ROOT/etc/resolv.conf"
+cp /usr/bin/qemu-aarch64-static "$ROOT/usr/bin/"   # for binfmt entries without the F flag
+
+# A Raspberry Pi 4 (or 5) /proc/cpuinfo: the emulator would otherwise show the host's.
+case "$CPU" in
+    cortex-a76) PART=0xd0b; REV=1; VARIANT=0x4; MODEL="Raspberry Pi 5 Model B Rev 1.0"; BOARD=d04170 ;;
+    *)          PART=0xd08; REV=3; VARIANT=0x0; MODEL="Raspberry Pi 4 Model B Rev 1.5"; BOARD=d03115 ;;
+esac
+CPUINFO="$WORK/cpuinfo-$CPU"
+{
+    for n in 0 1 2 3; do
+        printf 'processor\t: %s\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\n' "$n"
+        printf 'CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: %s\nCPU part\t: %s\n' "$VARIANT" "$PART"
+        printf 'CPU revision\t: %s\n\n' "$REV"
+    done
+    printf 'Revision\t: %s\nSerial\t\t: 10000000e1f2a3b4\nModel\t\t: %s\n' "$BOARD" "$MODEL"
+} >"$CPUINFO"
+
+bind -t proc proc "$ROOT/proc"
+bind -t sysfs sys "$ROOT/sys"
+bind --bind /dev "$ROOT/dev"
+bind --bind /dev/pts "$ROOT/dev/pts"
+bind --bind "$CPUINFO" "$ROOT/proc/cpuinfo"
+mkdir -p "$ROOT/mnt/edge-monitor-src"
+bind --bind -o ro "$REPO" "$ROOT/mnt/edge-monitor-src"
+
+in_root() {
+    chroot "$ROOT" /usr/bin/env -i HOME=/root USER=root LANG=C.UTF-8 TERM=dumb QEMU_CPU="$CPU" \
+        PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin /bin/bash -c "$1"
+}
+
+# ---------------------------------------------------------------- the demo on the emulated Pi
+say "cloning $REF and running 'bash scripts/demo.sh' in the $SUITE root (QEMU_CPU=$CPU)"
+in_root "git -c safe.directory='*' clone -q --no-local /mnt/edge-monitor-src /root/edge-monitor \
+         && git -C /root/edge-monitor checkout -q $REF"
+set +e
+in_root "cd /root/edge-monitor && bash scripts/demo.sh" >"$PI_LOG" 2>&1
+PI_RC=$?
+set -e
+in_root "cd /root/edge-monitor && {
+    echo \"arch: \$(uname -m), \$(. /etc/os-release; echo \$PRETTY_NAME), glibc \$(ldd --version | head -n1 | awk '{print \$NF}')\"
+    echo \"python: \$(python3 --version 2>&1)\"
+    echo \"cpuinfo seen: \$(grep -m1 ^Model /proc/cpuinfo)\"
+    if [ -x .venv/bin/python ]; then
+        echo \"venv size: \$(du -sm .venv | cut -f1) MB\"
+        echo 'packages:'; .venv/bin/python -m pip list --format=freeze 2>/dev/null | sed 's/^/  /'
+        .venv/bin/python -c 'from edge_monitor.model import interpreter_class; print(\"runtime:\", interpreter_class()[1])'
+    fi
+    echo \"root size after the demo: \$(du -smx / 2>/dev/null | cut -f1) MB\"
+}" >"$WORK/$SUITE-pi-facts.txt" 2>&1 || true
+
+# ---------------------------------------------------------------- the same demo on this machine
+say "running the same demo from a clone on $(uname -m)"
+X86="$WORK/x86-clone"
+if [ ! -d "$X86/.git" ]; then git -c safe.directory='*' clone -q --no-local "$REPO" "$X86"; fi
+git -C "$X86" fetch -q "$REPO" "$REF" && git -C "$X86" checkout -q --force "$REF"
+set +e
+(cd "$X86" && bash scripts/demo.sh) >"$X86_LOG" 2>&1
+X86_RC=$?
+set -e
+
+# ---------------------------------------------------------------- compare
+alerts() {  # one line per alert: type, score (6 decimals), offset in the recording when printed
+    python3 - "$1" <<'EOF'
+import json, re, sys
+offsets = [m.group(1) for m in re.finditer(r"alert (?:start|end)\b.*?at ([0-9.]+) s of the recording",
+                                            open(sys.argv[1], errors="replace").read())]
+rows = []
+for line in open(sys.argv[1], errors="replace"):
+    line = line.strip()
+    if line.startswith("{"):
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if obj.get("event") == "alert":
+            rows.append(f"{obj['type']} score {obj['score']:.6f}")
+for i, row in enumerate(rows):
+    print(row + (f" at {offsets[i]} s" if i < len(offsets) else ""))
+EOF
+}
+PI_ALERTS="$(alerts "$PI_LOG")"
+X86_ALERTS="$(alerts "$X86_LOG")"
+{
+    echo "edge-monitor pi-check: $SUITE arm64 under qemu-user ($(/usr/bin/qemu-aarch64-static --version | head -n1)),"
+    echo "QEMU_CPU=$CPU, Pi-style /proc/cpuinfo; commit $REF; $(date -u +%Y-%m-%dT%H:%MZ)"
+    echo "Emulated: timings here are not Raspberry Pi timings."
+    echo
+    cat "$WORK/$SUITE-pi-facts.txt"
+    echo
+    echo "apt (scripts/demo.sh):"
+    grep -E "^(Need to get|After this operation|[0-9]+ upgraded)" "$PI_LOG" | sed 's/^/  /' || echo "  (no apt step)"
+    echo
+    echo "demo output on the emulated Pi (exit $PI_RC):"
+    grep -vE "^(Get:|Hit:|Selecting|Preparing|Unpacking|Setting up|Processing|Reading|Building|Fetched|\(Reading)" \
+        "$PI_LOG" | tail -n 25 | sed 's/^/  /'
+    echo
+    echo "alerts on the emulated Pi:"; echo "${PI_ALERTS:-  (none)}" | sed 's/^/  /'
+    echo "alerts on $(uname -m) (exit $X86_RC):"; echo "${X86_ALERTS:-  (none)}" | sed 's/^/  /'
+} | tee "$RESULT"
+
+if [ "$PI_RC" -ne 0 ]; then say "FAIL: the demo exited with $PI_RC on the emulated Pi (see $PI_LOG)"; exit 1; fi
+if [ -z "$PI_ALERTS" ]; then say "FAIL: no alert on the emulated Pi"; exit 1; fi
+if [ "$PI_ALERTS" != "$X86_ALERTS" ]; then say "FAIL: the alerts differ from $(uname -m)"; exit 1; fi
+say "PASS: $SUITE arm64 gives the same alerts as $(uname -m); results in $RESULT"
