@@ -116,6 +116,22 @@ def stats_embedding(frames: int, n_features: int, weights: np.ndarray, bias: np.
     return keras.Model(inp, out, name="stats_embedding")
 
 
+def frame_whitener(frames: int, n_features: int, weights: np.ndarray, bias: np.ndarray, *,
+                   batch_size: Optional[int] = None) -> Any:
+    """The same affine map on every frame: ``(b, t, f) -> (b, t, d)``, ``y_t = x_t @ weights + bias``.
+
+    Only FULLY_CONNECTED: no op that an older TFLite runtime lacks.
+    """
+    import keras
+    from keras import layers
+
+    inp = keras.Input(shape=(frames, n_features), batch_size=batch_size)
+    dense = layers.Dense(weights.shape[1], name="whiten")
+    out = dense(inp)
+    dense.set_weights([np.asarray(weights, np.float32), np.asarray(bias, np.float32)])
+    return keras.Model(inp, out, name="frame_whitener")
+
+
 def cnn_classifier(frames: int, n_features: int, n_classes: int, *, embedding_dim: int = 16,
                    channels: tuple[int, ...] = (16, 32, 32), batch_size: Optional[int] = None) -> tuple[Any, Any]:
     """``(classifier, embedder)`` sharing layers: the classifier trains, the embedder (penultimate layer) ships."""

@@ -12,8 +12,11 @@ Steps (each reported through ``progress``)::
 
 Methods (chosen by measurement, see docs/detection.md):
 
+* ``frames``: every 32 ms log-mel frame (128 bands, the frame's overall level removed) is
+  whitened with a Ledoit-Wolf covariance of the normal frames; a window's score is the mean
+  Mahalanobis distance of its frames (kind ``embedding``, score type ``frame_norm``). Default.
 * ``stats``: Mahalanobis distance of per-band log-mel mean (minus the window's
-  overall level) and standard deviation over a 1 s window (kind ``embedding``). Default.
+  overall level) and standard deviation over a 1 s window (kind ``embedding``).
 * ``oe_cnn``: CNN embedding trained to separate the machine's normal windows from
   synthetic spectral faults applied to them (outlier exposure), Mahalanobis on
   its embedding (kind ``embedding``).
@@ -21,7 +24,7 @@ Methods (chosen by measurement, see docs/detection.md):
 * ``dense_ae``: the DCASE 2020 baseline, dense autoencoder on 5 stacked frames of
   128 mels (kind ``autoencoder``).
 
-Calibration data: ``stats`` is fitted once per fold of a 5-fold split over the
+Calibration data: ``frames`` and ``stats`` are fitted once per fold of a 5-fold split over the
 recordings (over five contiguous parts of each recording when there are fewer
 than five), so the threshold sees how much unseen recordings of the same machine
 differ; the shipped model is then fitted on everything. The gradient-trained
@@ -49,9 +52,9 @@ from edge_monitor.wavio import WavError, read_wav
 
 _LOGGER = logging.getLogger(__name__)
 
-METHODS = ("stats", "oe_cnn", "conv_ae", "dense_ae")
-DEFAULT_METHOD = "stats"
-MIN_TRAIN_SECONDS = 10.0
+METHODS = ("frames", "stats", "oe_cnn", "conv_ae", "dense_ae")
+DEFAULT_METHOD = "frames"
+MIN_TRAIN_SECONDS = 5.0
 RECOMMENDED_TRAIN_SECONDS = 60.0
 HELDOUT_FRACTION = 0.2
 MIN_HELDOUT_SECONDS = 3.0
@@ -59,17 +62,19 @@ MAX_TRAIN_WINDOWS = 6000           # deterministic subsample above this (keeps 1
 REPRESENTATIVE_WINDOWS = 200
 CALIBRATION_OVERSAMPLE = 8       # held-out windows scored 8x denser than the daemon's hop
 CALIBRATION_FOLDS = 5            # K-fold calibration for methods cheap enough to fit K + 1 times
-CROSS_FITTED_METHODS = ("stats",)
+CROSS_FITTED_METHODS = ("frames", "stats")
+MAX_TRAIN_FRAMES = 40000         # frames: deterministic subsample above this (about 21 min of audio)
 STATS_IGNORE_LEVEL = True        # stats: remove each window's overall level from the band means
 
 _SPECS = {
+    "frames": FeatureSpec(n_mels=128, frames_per_window=32),
     "stats": FeatureSpec(n_mels=64, frames_per_window=32),
     "oe_cnn": FeatureSpec(n_mels=64, frames_per_window=32),
     "conv_ae": FeatureSpec(n_mels=64, frames_per_window=32),
     "dense_ae": FeatureSpec(n_mels=128, frames_per_window=5),
 }
-_TRAIN_HOP_FRAMES = {"stats": 2, "oe_cnn": 4, "conv_ae": 4, "dense_ae": 1}
-_DEFAULT_EPOCHS = {"stats": 0, "oe_cnn": 12, "conv_ae": 30, "dense_ae": 40}
+_TRAIN_HOP_FRAMES = {"frames": 8, "stats": 2, "oe_cnn": 4, "conv_ae": 4, "dense_ae": 1}
+_DEFAULT_EPOCHS = {"frames": 0, "stats": 0, "oe_cnn": 12, "conv_ae": 30, "dense_ae": 40}
 
 Progress = Callable[[str], None]
 
@@ -348,6 +353,41 @@ def _train_oe_cnn(x_norm: np.ndarray, x_db: np.ndarray, spec: FeatureSpec, epoch
     return _Trained(emb1, "embedding", epochs, (hist.history.get("loss") or [None])[-1])
 
 
+def ledoit_wolf(centred: np.ndarray) -> tuple[np.ndarray, float]:
+    """Ledoit-Wolf covariance of centred samples ``(n, d)``: ``(cov (d, d), shrinkage in [0, 1])``.
+
+    The sample covariance is shrunk towards ``mu * I`` (``mu`` its mean eigenvalue) by the amount that
+    minimises the expected squared error (Ledoit & Wolf 2004), so a few seconds of audio still give a
+    well-conditioned, honest covariance of 128 bands.
+    """
+    x = np.asarray(centred, dtype=np.float64)
+    n, d = x.shape
+    sample = x.T @ x / n
+    mu = float(np.trace(sample)) / d
+    target_dist = float(((sample - mu * np.eye(d)) ** 2).sum()) / d
+    sq_norms = (x * x).sum(axis=1)
+    spread = float((sq_norms ** 2).sum() - n * (sample ** 2).sum()) / (n * n * d)
+    shrink = 1.0 if target_dist <= 0 else float(np.clip(spread / target_dist, 0.0, 1.0))
+    return (1.0 - shrink) * sample + shrink * mu * np.eye(d), shrink
+
+
+def _train_frames(frames_norm: np.ndarray, window_frames: int, rng: np.random.Generator) -> _Trained:
+    """Whitening of single normalised frames ``(n, f)``, each frame's mean over bands removed first."""
+    from edge_monitor.training import models
+
+    x = _subsample(np.asarray(frames_norm, dtype=np.float64), MAX_TRAIN_FRAMES, rng)
+    nf = x.shape[1]
+    # Remove each frame's overall level: a gain change or a moved microphone is not a fault by itself.
+    level_free = np.eye(nf) - 1.0 / nf
+    y = x @ level_free
+    mean = y.mean(axis=0)
+    cov, _ = ledoit_wolf(y - mean)
+    vals, vecs = np.linalg.eigh(cov)
+    whiten = vecs / np.sqrt(np.maximum(vals, 1e-9))[None, :]
+    model = models.frame_whitener(window_frames, nf, level_free @ whiten, -mean @ whiten, batch_size=1)
+    return _Trained(model, "embedding", 0, None)
+
+
 def _shrunk_cov(centred: np.ndarray) -> np.ndarray:
     """Covariance shrunk towards a scaled identity; more shrinkage when there are few samples per dimension."""
     n, d = centred.shape
@@ -396,7 +436,10 @@ def _fit(method: str, train_clips: list[_Clip], base_spec: FeatureSpec, epochs: 
     say(f"features: {raw_windows.shape[0]} windows of {spec.frames_per_window} x {spec.n_features}, "
         f"normalisation mean {mean:.2f} dB std {std:.2f} dB")
     say(f"training {method} ({epochs} epochs)")
-    if method == "stats":
+    if method == "frames":
+        frames_all = normalise(spec, np.concatenate(raw_feats, axis=0))
+        trained = _train_frames(frames_all, spec.frames_per_window, rng)
+    elif method == "stats":
         trained = _train_stats(x)
     elif method == "oe_cnn":
         trained = _train_oe_cnn(x, raw_windows, spec, max(1, epochs), rng, say)
@@ -420,6 +463,9 @@ def _fit(method: str, train_clips: list[_Clip], base_spec: FeatureSpec, epochs: 
     }
     if trained.kind == "autoencoder":
         meta["score"] = {"type": "mse"}
+    elif method == "frames":
+        # the whitening is inside the model: a window's score is the mean length of its whitened frames
+        meta["score"] = {"type": "frame_norm"}
     else:
         # the normal statistics are fitted on the int8 model's own outputs, so the runtime scores what was fitted
         d = int(np.prod(trained.export_model.output_shape[1:]))
