@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from collections.abc import Sequence
 from typing import Callable, Optional
@@ -21,6 +22,36 @@ def _setup_logging(level: str = "info") -> None:
                         stream=sys.stderr)
 
 
+def finite_float(text: str) -> float:
+    """argparse type: a finite number (``nan`` and ``inf`` are refused with a clean usage error)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+    return value
+
+
+def channel_index(text: str) -> int:
+    """argparse type: a 0-based channel index."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a channel number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: channels are numbered from 0")
+    return value
+
+
 def _fail(msg: str, code: int = EXIT_USAGE) -> int:
     print(f"edge-monitor: {msg}", file=sys.stderr)
     return code
@@ -29,9 +60,8 @@ def _fail(msg: str, code: int = EXIT_USAGE) -> int:
 # ---------------------------------------------------------------- verbs
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    """Validate a config (and that its model loads and fits)."""
+    """Validate a config, and (unless --skip-model) everything ``run`` and a reload check with the model."""
     from edge_monitor.config import ConfigError, load_config
-    from edge_monitor.model import ModelError, load_model
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
@@ -39,23 +69,18 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(f"edge-monitor: {args.config}: {len(exc.problems)} problem(s)", file=sys.stderr)
         return EXIT_USAGE
     if not args.skip_model:
-        try:
-            runner = load_model(cfg.model.path, expect_rate_hz=None)
-        except ModelError as exc:
-            return _fail(str(exc))
-        rate = runner.bundle.spec.sample_rate
-        if cfg.source.type == "serial" and cfg.source.sample_rate != rate:
-            return _fail(f"{args.config}: source.sample_rate is {cfg.source.sample_rate} Hz but the model "
-                         f"{cfg.model.path} expects {rate} Hz; set source.sample_rate: {rate}")
-        runner.close()
-        if cfg.machine.type_check_model:
-            from edge_monitor.machine_check import make_type_check
-            try:
-                check = make_type_check(cfg, rate, cfg.health.silence_dbfs)
+        from edge_monitor.daemon import check_config
+        from edge_monitor.model import ModelError, load_model
+        problems = check_config(cfg)
+        if not problems:
+            try:  # the TFLite runtime's own checks (tensor shapes, ops), as ``run`` does
+                load_model(cfg.model.path).close()
             except ModelError as exc:
-                return _fail(str(exc))
-            if check is not None:
-                check.close()
+                problems.append(str(exc))
+        if problems:
+            print("\n".join(problems), file=sys.stderr)
+            print(f"edge-monitor: {args.config}: {len(problems)} problem(s)", file=sys.stderr)
+            return EXIT_USAGE
     print(f"{args.config}: ok (machine {cfg.machine.id}, source {cfg.source.type}, model {cfg.model.path})")
     return EXIT_OK
 
@@ -161,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mqtt", default=None, metavar="HOST[:PORT]",
                    help="publish to this MQTT broker (overrides mqtt.enabled/host/port in the config)")
     s.add_argument("--print-events", action="store_true", help="also print events as JSON lines on stdout")
-    s.add_argument("--max-seconds", type=float, default=None, help="stop after this long (seconds; for tests)")
+    s.add_argument("--max-seconds", type=positive_float, default=None,
+                   help="stop after this long (seconds; for tests)")
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("check-config", help="validate a machine config (used by ExecStartPre)")
@@ -175,9 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("record", help="capture training audio from the configured source")
     s.add_argument("--config", "-c", required=True)
-    s.add_argument("--seconds", type=float, required=True, help="total length to record (seconds)")
+    s.add_argument("--seconds", type=positive_float, required=True, help="total length to record (seconds)")
     s.add_argument("--out", required=True, help="output folder (one WAV per --clip-seconds)")
-    s.add_argument("--clip-seconds", type=float, default=10.0, help="length of each WAV (seconds)")
+    s.add_argument("--clip-seconds", type=positive_float, default=10.0, help="length of each WAV (seconds)")
     s.set_defaults(func=cmd_record)
 
     s = sub.add_parser("identify", help="listen to the configured source and say which machine type it sounds like")
@@ -202,9 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", "-m", required=True)
     s.add_argument("files", nargs="+")
     s.add_argument("--json", action="store_true", help="one JSON object per line per file")
-    s.add_argument("--threshold", type=float, default=None, help="override the model's threshold")
-    s.add_argument("--window-hop", type=float, default=0.5, help="seconds between scored windows")
-    s.add_argument("--channel", type=int, default=None, help="channel to use (default: mean of all)")
+    s.add_argument("--threshold", type=finite_float, default=None, help="override the model's threshold")
+    s.add_argument("--window-hop", type=positive_float, default=0.5, help="seconds between scored windows")
+    s.add_argument("--channel", type=channel_index, default=None, help="channel to use (default: mean of all)")
     s.set_defaults(func=cmd_score)
 
     s = sub.add_parser("replay", help="run the whole pipeline over a WAV and print the daemon's events")
@@ -217,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("bench", help="measure throughput, latency, memory and start-up on this machine")
     s.add_argument("--json", action="store_true")
-    s.add_argument("--seconds", type=float, default=600.0, help="audio length for the throughput run (seconds)")
+    s.add_argument("--seconds", type=positive_float, default=600.0,
+                   help="audio length for the throughput run (seconds)")
     s.add_argument("--model", default=None, help="model bundle (default: the bundled demo)")
     s.set_defaults(func=cmd_bench)
     return p

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import re
 import typing
@@ -126,6 +127,8 @@ class MqttConfig:
     username: Optional[str] = _f(None, help="User name")
     password_file: Optional[str] = _f(None, help="File holding the password (or a systemd credential name with credential:NAME)")
     keepalive_seconds: int = _f(30, help="MQTT keepalive (seconds)", lo=5, hi=3600)
+    connect_timeout_seconds: float = _f(10.0, help="Time a connection attempt may take, TLS handshake and CONNACK "
+                                        "included, before it is reported and retried (seconds)", lo=1.0, hi=300.0)
     telemetry_seconds: float = _f(60.0, help="Interval between telemetry messages (seconds)", lo=1.0, hi=86400.0)
     tls: Optional[TlsConfig] = _f(None, help="TLS settings; omit for plain TCP")
     homeassistant: HomeAssistantConfig = _f(factory=HomeAssistantConfig, help="Home Assistant discovery")
@@ -379,11 +382,18 @@ class _Builder:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or (tp is int and not isinstance(value, int)):
                 self.err(path, value, _type_name(tp) + self._range(meta))
                 return False, None
-            if value != value or (meta.get("lo") is not None and value < meta["lo"]) or \
+            if isinstance(value, float) and not math.isfinite(value):
+                self.err(path, value, "a finite " + _type_name(tp)[len("a "):] + self._range(meta))
+                return False, None
+            if (meta.get("lo") is not None and value < meta["lo"]) or \
                     (meta.get("hi") is not None and value > meta["hi"]):
                 self.err(path, value, _type_name(tp) + self._range(meta))
                 return False, None
-            return True, tp(value)
+            try:
+                return True, tp(value)
+            except OverflowError:
+                self.err(path, value, "a finite " + _type_name(tp)[len("a "):] + self._range(meta))
+                return False, None
         if tp is str:
             if not isinstance(value, str):
                 self.err(path, value, "a string")
@@ -451,7 +461,9 @@ def _semantic_checks(cfg: Config, b: _Builder) -> None:
     if d.threshold is not None and d.threshold <= 0:
         b.err(("detection", "threshold"), d.threshold, "a positive number (or null for the model's)")
     if d.clear_threshold is not None:
-        if d.threshold is not None and d.clear_threshold > d.threshold:
+        if d.clear_threshold < 0:
+            b.err(("detection", "clear_threshold"), d.clear_threshold, "a number >= 0 (or null for 0.9 x threshold)")
+        elif d.threshold is not None and d.clear_threshold > d.threshold:
             b.err(("detection", "clear_threshold"), d.clear_threshold, f"at most threshold ({d.threshold})")
     m = cfg.mqtt
     if m.prefix is not None:
@@ -557,3 +569,50 @@ def load_config(path: Union[str, Path]) -> Config:
 def with_threshold(cfg: Config, threshold: float) -> Config:
     """A copy of ``cfg`` with a new detection threshold."""
     return dataclasses.replace(cfg, detection=dataclasses.replace(cfg.detection, threshold=threshold))
+
+
+def located(cfg: Config, path: _Path, value: Any, expected: str) -> str:
+    """One problem about a loaded config, in the loader's form: ``file:line: key.path: got V; expected E``."""
+    line, probe = cfg.key_lines.get(path), path
+    while line is None and probe:
+        probe = probe[:-1]
+        line = cfg.key_lines.get(probe)
+    where = f"{cfg.source_file}:{line}" if line else (cfg.source_file or "<config>")
+    return f"{where}: {_dotted(path)}: got {_show(value)}; expected {expected}"
+
+
+def check_against_model(cfg: Config, model_threshold: float, model_rate_hz: int, model_path: str) -> list[str]:
+    """Problems that only show with the model: thresholds against its own, and a serial or file source's rate.
+
+    ``edge-monitor check-config``, ``run`` and every SIGHUP reload call this (through
+    ``daemon.check_config``), so what one accepts the others accept too.
+    """
+    problems: list[str] = []
+    d, src = cfg.detection, cfg.source
+    in_force = d.threshold if d.threshold is not None else model_threshold
+    if d.clear_threshold is not None and d.clear_threshold > in_force:
+        origin = "detection.threshold" if d.threshold is not None else f"the calibrated threshold of {model_path}"
+        problems.append(located(cfg, ("detection", "clear_threshold"), d.clear_threshold,
+                                f"at most the threshold in force ({in_force:g}, {origin})"))
+    if src.type == "serial" and src.sample_rate != model_rate_hz:
+        problems.append(located(cfg, ("source", "sample_rate"), src.sample_rate,
+                                f"{model_rate_hz} (the rate model {model_path} expects; the board streams at it)"))
+    if src.type == "file" and src.path:
+        from edge_monitor.wavio import WavError, read_wav_info
+        try:
+            rate, channels, frames = read_wav_info(src.path)
+        except FileNotFoundError:
+            pass  # it may be created before the start; opening it then reports a missing file in one sentence
+        except (WavError, OSError) as exc:
+            problems.append(located(cfg, ("source", "path"), src.path, f"a readable WAV file ({exc})"))
+        else:
+            if rate != model_rate_hz:
+                problems.append(located(cfg, ("source", "path"), src.path,
+                                        f"a WAV at {model_rate_hz} Hz like model {model_path} (the file is at "
+                                        f"{rate} Hz; resample it, e.g. `sox in.wav -r {model_rate_hz} out.wav`)"))
+            if max(src.channels) >= channels:
+                problems.append(located(cfg, ("source", "channels"), list(src.channels),
+                                        f"channels of the file, which has {channels}"))
+            if frames == 0:
+                problems.append(located(cfg, ("source", "path"), src.path, "a WAV with audio (it has no samples)"))
+    return problems

@@ -11,6 +11,19 @@ Threads:
 
 A worker that loses its source marks its machines ``degraded``, closes the source and
 reopens it with exponential backoff; the machines recover without a restart.
+
+One validation: ``check_config`` is what ``check-config`` runs, what ``run`` runs
+before it builds anything, and what every SIGHUP runs before it applies anything. A
+reload that fails anywhere (parse, validation, apply) is logged in one sentence,
+reported as a ``reload_failed`` health event, and leaves the running settings alone.
+
+The threshold has one owner, the Machine: the model's calibrated value, unless the
+YAML sets one, unless a value was set at run time over MQTT (persisted in the state
+folder) and the YAML value has not changed since.
+
+An alert episode is always closed: by the detector, by ``shutdown`` (``reason:
+"shutdown"``, then the retained state becomes ``unknown``), or, after a crash, by the
+next start (``reason: "restart"``, from the open-episode record in the state folder).
 """
 
 from __future__ import annotations
@@ -18,6 +31,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import os
 import signal
 import statistics
@@ -25,17 +39,22 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
+
+import numpy as np
 
 from edge_monitor import sdnotify
-from edge_monitor.config import Config, ConfigError, load_config
+from edge_monitor.config import Config, ConfigError, check_against_model, load_config
+from edge_monitor.detector import DetectorSettings
+from edge_monitor.episodes import EpisodeStore, restart_end
 from edge_monitor.events import AlertEvent, Event, HealthEvent, ScoreEvent, StateEvent
-from edge_monitor.model import ModelError, load_model
+from edge_monitor.model import ModelBundle, ModelError, load_model
 from edge_monitor.pipeline import Pipeline, detector_settings
 from edge_monitor.sinks.console import ConsoleSink
 from edge_monitor.sources.base import Source, SourceError
 from edge_monitor.sources.factory import make_source, source_key
 from edge_monitor.sources.wavfile import WavFileSource
+from edge_monitor.threshold_store import UNRECORDED, ThresholdStore, is_valid_threshold
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -44,58 +63,234 @@ DEMO_CONFIG = DEMO_DIR / "demo.yaml"
 TELEMETRY_CHECK_SECONDS = 0.5
 
 
+RELOADABLE = {
+    ("detection", "threshold"), ("detection", "clear_threshold"), ("detection", "trigger_k"),
+    ("detection", "trigger_n"), ("detection", "clear_windows"), ("detection", "cooldown_seconds"),
+    ("health", "silence_dbfs"), ("health", "clipping_fraction"), ("log_level",),
+}
+"""Settings a SIGHUP applies; a change to anything else is reported as needing a restart."""
+
+
+def changed_settings(old: Config, new: Config) -> list[str]:
+    """Dotted names of the settings that differ between two configs (internal fields excluded)."""
+    out: list[str] = []
+
+    def walk(a: Any, b: Any, path: tuple[str, ...]) -> None:
+        if dataclasses.is_dataclass(a) and dataclasses.is_dataclass(b) and type(a) is type(b):
+            for f in dataclasses.fields(a):
+                if not f.metadata.get("internal"):
+                    walk(getattr(a, f.name), getattr(b, f.name), path + (f.name,))
+        elif a != b:
+            out.append(path)
+
+    walk(old, new, ())
+    return [".".join(p) for p in out]
+
+
+def check_config(cfg: Config, bundle: Optional[ModelBundle] = None) -> list[str]:
+    """Every problem ``run`` would hit with this config, as sentences (empty when it can run).
+
+    The model (loaded from ``model.path`` unless ``bundle`` is given): thresholds
+    against its calibrated one, a serial or file source's rate and channels; the
+    machine-type check model; the MQTT password and TLS files.
+    """
+    problems: list[str] = []
+    if bundle is None:
+        try:
+            bundle = ModelBundle(cfg.model.path)
+        except ModelError as exc:
+            return [str(exc)]
+    problems += check_against_model(cfg, bundle.threshold, bundle.spec.sample_rate, str(bundle.path))
+    if cfg.machine.type_check_model:
+        try:
+            ModelBundle(cfg.machine.type_check_model)
+        except ModelError as exc:
+            problems.append(f"machine.type_check_model: {exc}")
+    if cfg.mqtt.enabled:
+        from edge_monitor.sinks.mqtt import setup_problems
+        problems += setup_problems(cfg.mqtt)
+    return problems
+
+
+def _one_sentence(problems: list[str]) -> str:
+    return "; ".join(problems) if len(problems) <= 3 else "; ".join(problems[:3]) + f" (and {len(problems) - 3} more)"
+
+
 class Machine:
-    """One monitored machine: its pipeline, clip recorder and sinks. Called from its source worker thread."""
+    """One monitored machine: its pipeline, clip recorder and sinks. Called from its source worker thread.
+
+    It owns the detector settings in force (one lock) and the threshold: see the module docstring.
+    """
 
     def __init__(self, cfg: Config, pipeline: Pipeline, sinks: list[Any], clips: Any = None,
-                 threshold_store: Any = None) -> None:
+                 threshold_store: Optional[ThresholdStore] = None, episodes: Optional[EpisodeStore] = None) -> None:
         self.cfg = cfg
         self.id = cfg.machine.id
         self.pipeline = pipeline
         self.sinks = sinks
         self.clips = clips
         self.threshold_store = threshold_store
-        self._pending_settings: Any = None  # swapped in by other threads, applied by the worker
+        self.episodes = episodes
+        self.model_threshold = pipeline.runner.bundle.threshold
+        self.runtime_threshold: Optional[float] = None  # set over MQTT (and persisted)
+        self.threshold_listeners: list[Callable[[float], None]] = []  # e.g. MqttSink.show_threshold
+        self._settings_lock = threading.Lock()
+        self._settings: DetectorSettings = pipeline.detector.settings  # the settings in force or about to be
+        self._settings_dirty = False
         self._lock = threading.Lock()
         self._scores: list[float] = []
         self._latencies_ms: list[float] = []
         self._rms: list[float] = []
+        self._invalid_samples = False
         self.alerts = 0
         self.state = "normal"
         self.started_s = time.time()
         self.first_score_s: Optional[float] = None
 
-    def request_settings(self, settings: Any) -> None:
-        """Thread-safe: new detector settings take effect at the next block."""
-        self._pending_settings = settings
+    # ------------------------------------------------------------ settings and threshold
 
-    def set_threshold(self, value: float) -> None:
-        """Runtime threshold (from MQTT): keep other settings, change the threshold and clear level."""
-        current = self._pending_settings or self.pipeline.detector.settings
-        clear = current.clear_threshold
-        if clear is not None and clear > value:
-            clear = None
-        self.request_settings(dataclasses.replace(current, threshold=float(value), clear_threshold=clear))
+    @property
+    def settings(self) -> DetectorSettings:
+        """The detector settings in force (or taking effect at the next block)."""
+        with self._settings_lock:
+            return self._settings
+
+    def request_settings(self, settings: DetectorSettings) -> None:
+        """Thread-safe: new detector settings take effect at the next block."""
+        with self._settings_lock:
+            self._settings = settings
+            self._settings_dirty = True
+
+    def settings_for(self, cfg: Config) -> DetectorSettings:
+        """The detector settings ``cfg`` asks for, with the threshold in force. ValueError when they are unusable."""
+        settings = detector_settings(cfg, self.model_threshold)
+        if self.runtime_threshold is not None:
+            clear = settings.clear_threshold
+            settings = dataclasses.replace(settings, threshold=self.runtime_threshold,
+                                           clear_threshold=None if clear is not None and clear > self.runtime_threshold
+                                           else clear)
+        return settings
+
+    def restore_threshold(self) -> None:
+        """At start: use the threshold saved at run time unless the YAML value changed since it was set."""
+        if self.threshold_store is None:
+            return
+        saved, basis = self.threshold_store.load_record()
+        if saved is None:
+            return
+        yaml_value = self.cfg.detection.threshold
+        if basis is not UNRECORDED and basis != yaml_value:
+            _LOGGER.info("%s: detection.threshold in the YAML changed (%s -> %s) since the threshold %g was set at "
+                         "run time; the YAML value is used", self.id, basis, yaml_value, saved)
+            self.threshold_store.clear()
+            return
+        _LOGGER.info("%s: using the threshold %g set at run time (from %s)", self.id, saved, self.threshold_store.path)
+        self.runtime_threshold = saved
+        settings = self.settings_for(self.cfg)
+        self.pipeline.update_settings(settings)
+        with self._settings_lock:
+            self._settings = settings
+
+    def set_threshold(self, value: float) -> str:
+        """Runtime threshold (from MQTT, on paho's thread): apply and persist it. "" or a warning; ValueError refuses."""
+        value = float(value)
+        if not is_valid_threshold(value):
+            raise ValueError(f"threshold {value!r} is not a finite number in (0, 1e9]")
+        with self._settings_lock:
+            current = self._settings
+            clear = current.clear_threshold
+            self._settings = dataclasses.replace(current, threshold=value,
+                                                 clear_threshold=None if clear is not None and clear > value else clear)
+            self._settings_dirty = True
+            self.runtime_threshold = value
         _LOGGER.info("%s: threshold set to %g", self.id, value)
+        if self.threshold_store is not None:
+            try:
+                self.threshold_store.save(value, source="mqtt", config_threshold=self.cfg.detection.threshold)
+            except OSError as exc:
+                _LOGGER.error("%s: threshold %g applied but not saved to %s: %s", self.id, value,
+                              self.threshold_store.path, exc.strerror)
+                return f"applied but not saved: {exc.strerror}"
+        return ""
+
+    def reload(self, new: Config) -> list[str]:
+        """Apply a validated config's reloadable settings. Returns the changed settings that need a restart.
+
+        Raises ValueError (or ConfigError) when the settings cannot be applied; nothing changes then.
+        """
+        yaml_changed = new.detection.threshold != self.cfg.detection.threshold
+        runtime = self.runtime_threshold
+        if yaml_changed and runtime is not None:
+            self.runtime_threshold = None
+        try:
+            settings = self.settings_for(new)
+        except ValueError:
+            self.runtime_threshold = runtime
+            raise
+        if yaml_changed and runtime is not None:
+            _LOGGER.info("%s: detection.threshold changed in the YAML; it replaces the threshold %g set at run time",
+                         self.id, runtime)
+            if self.threshold_store is not None:
+                self.threshold_store.clear()
+        restart = [k for k in changed_settings(self.cfg, new) if tuple(k.split(".")) not in RELOADABLE]
+        with self._settings_lock:
+            self._settings = settings
+            self._settings_dirty = True
+        keep = {tuple(k.split(".")) for k in restart}
+        detection = new.detection
+        if ("detection", "window_hop_seconds") in keep:
+            detection = dataclasses.replace(new.detection, window_hop_seconds=self.cfg.detection.window_hop_seconds)
+        health = dataclasses.replace(self.cfg.health, silence_dbfs=new.health.silence_dbfs,
+                                     clipping_fraction=new.health.clipping_fraction)
+        self.cfg = dataclasses.replace(self.cfg, detection=detection, health=health, log_level=new.log_level,
+                                       key_lines=new.key_lines)
+        self.show_threshold(settings.threshold)
+        return restart
+
+    def show_threshold(self, value: float) -> None:
+        """Tell the listeners (``threshold/state``) the threshold in force."""
+        for listener in self.threshold_listeners:
+            try:
+                listener(value)
+            except Exception:  # noqa: BLE001
+                _LOGGER.exception("%s: publishing the threshold failed", self.id)
+
+    # ------------------------------------------------------------ audio
 
     def process(self, block: Any, source: Any) -> None:
         """Run one block through this machine's pipeline and deliver the events."""
-        pending, self._pending_settings = self._pending_settings, None
+        with self._settings_lock:
+            pending = self._settings if self._settings_dirty else None
+            self._settings_dirty = False
         if pending is not None:
             self.pipeline.update_settings(pending)
         mono = self.pipeline.select(block.samples)
+        # audio lies in [-1, 1], so the sum of a block is finite exactly when every sample is
+        if not math.isfinite(float(mono.sum(dtype="float64"))):
+            if not self._invalid_samples:
+                self._invalid_samples = True
+                bad = int(mono.size - int(np.isfinite(mono).sum()))
+                self.deliver([HealthEvent("invalid_samples", self.id, block.t_s,
+                                          f"the source delivered {bad} NaN or infinite sample(s) in one block; "
+                                          "such audio is not scored")], source)
+            return
+        if self._invalid_samples:
+            self._invalid_samples = False
+            self.pipeline.reset()  # no window may mix audio from before and after the bad stretch
+            self.deliver([HealthEvent("invalid_samples_end", self.id, block.t_s, "samples are valid again")], source)
         if self.clips is not None:
             self.clips.push(mono, block.t_s)
         self.deliver(self.pipeline.process_mono(mono, block.t_s), source)
 
     def deliver(self, events: list[Event], source: Any = None) -> None:
-        """Attach clips, record telemetry, send to every sink."""
+        """Attach clips, record telemetry, remember open episodes, send to every sink."""
         for event in events:
             if isinstance(event, ScoreEvent):
-                with self._lock:
-                    self._scores.append(event.score)
-                    self._latencies_ms.append(event.latency_ms)
-                    self._rms.append(event.rms_dbfs)
+                if math.isfinite(event.score):
+                    with self._lock:
+                        self._scores.append(event.score)
+                        self._latencies_ms.append(event.latency_ms)
+                        self._rms.append(event.rms_dbfs)
                 if self.first_score_s is None:
                     self.first_score_s = time.time()
                     _LOGGER.info("%s: first score %.4g", self.id, event.score)  # start-up benchmarks wait for it
@@ -104,8 +299,9 @@ class Machine:
                     self.alerts += 1
                     if self.clips is not None:
                         event = event.with_clip(self.clips.start_clip(event))
-                _LOGGER.warning("%s: alert %s (score %.4g, threshold %.4g)", self.id, event.type,
-                                event.score, event.threshold)
+                    self._remember_episode(event)
+                _LOGGER.warning("%s: alert %s (score %.4g, threshold %.4g%s)", self.id, event.type,
+                                event.score, event.threshold, f", {event.reason}" if event.reason else "")
             elif isinstance(event, StateEvent):
                 self.state = event.state
                 _LOGGER.info("%s: state %s", self.id, event.state)
@@ -121,6 +317,43 @@ class Machine:
                     sink.handle(event)
                 except Exception:  # noqa: BLE001 - one broken sink must not stop the others
                     _LOGGER.exception("%s: sink %s failed on %s", self.id, type(sink).__name__, type(event).__name__)
+            if isinstance(event, AlertEvent) and event.type == "end" and self.episodes is not None:
+                try:
+                    self.episodes.closed()
+                except OSError as exc:
+                    _LOGGER.error("%s: cannot remove the open-episode record %s: %s", self.id, self.episodes.path,
+                                  exc.strerror)
+
+    def _remember_episode(self, start: AlertEvent) -> None:
+        if self.episodes is None:
+            return
+        try:
+            self.episodes.opened(start)
+        except OSError as exc:  # the alert still goes out; only a crash before its end would leave it open
+            _LOGGER.error("%s: cannot record the open episode in %s: %s", self.id, self.episodes.path, exc.strerror)
+
+    def close_dangling_episode(self) -> None:
+        """At start: end an episode a previous process left open (it died during an alert)."""
+        if self.episodes is None:
+            return
+        start = self.episodes.dangling()
+        if start is None:
+            return
+        _LOGGER.warning("%s: the previous run stopped during alert episode %s (started %s UTC); closing it",
+                        self.id, start.episode, time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(start.started_at_s)))
+        self.deliver([restart_end(start)])
+
+    def close_episode_on_stop(self) -> None:
+        """Clean stop during an alert: end it (``reason: shutdown``) and publish the state ``unknown``.
+
+        Nobody heard the anomaly clear, so ``normal`` would be a lie; without an open alert
+        the retained state stays the last one observed (and ``status`` says ``offline``).
+        """
+        now = time.time()
+        ends = self.pipeline.detector.close_episode(now, "shutdown")
+        if ends:
+            self.deliver(ends)
+            self.deliver([StateEvent(self.id, "unknown", now)])
 
     def source_lost(self, lost: bool, detail: str) -> None:
         """Move to/from ``degraded``."""
@@ -137,7 +370,7 @@ class Machine:
         out: dict[str, Any] = {
             "machine": self.id,
             "state": d.state,
-            "threshold": d.settings.threshold,
+            "threshold": self.settings.threshold,
             "windows": len(scores),
             "score": scores[-1] if scores else None,
             "score_mean": statistics.fmean(scores) if scores else None,
@@ -221,6 +454,8 @@ class SourceWorker(threading.Thread):
                 _LOGGER.info("end of input file")
                 if self.stop_at_eof:
                     return
+                self._sleep(delay)  # a looping source should never end; never spin on one that does
+                delay = min(delay * 2, self.retry_max_seconds)
             except SourceError as exc:
                 if not lost:  # a source that opens but stays silent fails again every few seconds
                     _LOGGER.error("source lost: %s (retrying)", exc)
@@ -254,12 +489,42 @@ class SourceWorker(threading.Thread):
             self.stop_event.wait(min(0.5, end - time.monotonic()))
 
 
+def parse_mqtt_spec(spec: str) -> tuple[str, Optional[int]]:
+    """``HOST``, ``HOST:PORT`` or ``[IPv6]:PORT`` → (host, port or None). ValueError with one sentence."""
+    text = spec.strip()
+    port_text = ""
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"--mqtt {spec!r}: expected HOST, HOST:PORT or [IPv6]:PORT")
+        port_text = rest[1:]
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    else:
+        host = text  # a bare IPv6 address, or a plain host name
+    if not host or any(c.isspace() or not c.isprintable() for c in host):
+        raise ValueError(f"--mqtt {spec!r}: expected a host name or address before the port")
+    if port_text == "" and (text.endswith(":")):
+        raise ValueError(f"--mqtt {spec!r}: the port after ':' is missing")
+    if port_text == "":
+        return host, None
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"--mqtt {spec!r}: the port must be a number from 1 to 65535, got {port_text!r}")
+    return host, int(port_text)
+
+
 def _apply_mqtt_override(cfg: Config, spec: Optional[str]) -> Config:
     if not spec:
         return cfg
-    host, _, port = spec.rpartition(":") if ":" in spec else (spec, "", "")
-    mqtt = dataclasses.replace(cfg.mqtt, enabled=True, host=host or spec, port=int(port) if port else cfg.mqtt.port)
+    host, port = parse_mqtt_spec(spec)
+    mqtt = dataclasses.replace(cfg.mqtt, enabled=True, host=host, port=port or cfg.mqtt.port)
     return dataclasses.replace(cfg, mqtt=mqtt)
+
+
+def outbox_path(cfg: Config) -> Path:
+    """The SQLite outbox file of one machine."""
+    return Path(cfg.mqtt.outbox_path) if cfg.mqtt.outbox_path else \
+        Path(cfg.state_dir) / f"outbox-{cfg.machine.id}.sqlite"
 
 
 class Daemon:
@@ -283,6 +548,16 @@ class Daemon:
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
             raise ConfigError([f"machine id {d!r} appears in more than one config" for d in dupes])
+        outboxes: dict[str, Config] = {}
+        for cfg in self.configs:
+            if not cfg.mqtt.enabled:
+                continue
+            real = os.path.realpath(outbox_path(cfg))
+            other = outboxes.setdefault(real, cfg)
+            if other is not cfg:
+                raise ConfigError([f"{cfg.source_file}: machines {other.machine.id} and {cfg.machine.id} would share "
+                                   f"the outbox {real}; one machine could publish the other's alerts (give each its "
+                                   "own mqtt.outbox_path, or leave it unset)"])
         groups: dict[tuple, list[Machine]] = {}
         group_cfg: dict[tuple, Any] = {}
         for cfg in self.configs:
@@ -305,9 +580,10 @@ class Daemon:
 
     def _build_machine(self, cfg: Config) -> Machine:
         runner = load_model(cfg.model.path, threads=cfg.model.threads)
-        if cfg.source.type == "serial" and cfg.source.sample_rate != runner.bundle.spec.sample_rate:
-            raise ModelError(f"model {cfg.model.path}: it expects {runner.bundle.spec.sample_rate} Hz but "
-                             f"{cfg.source_file} sets source.sample_rate {cfg.source.sample_rate} Hz")
+        problems = check_config(cfg, runner.bundle)
+        if problems:
+            runner.close()
+            raise ConfigError(problems)
         pipeline = Pipeline.from_config(cfg, runner)
         state_dir = Path(cfg.state_dir)
         sinks: list[Any] = []
@@ -320,20 +596,17 @@ class Daemon:
             clips = ClipRecorder(cfg.clips, clips_dir, cfg.machine.id, runner.bundle.spec.sample_rate,
                                  trigger_lookback_seconds=cfg.detection.trigger_n * cfg.detection.window_hop_seconds
                                  + runner.bundle.spec.window_seconds + 1.0)
-        from edge_monitor.threshold_store import ThresholdStore
-        store = ThresholdStore(state_dir, cfg.machine.id)
-        machine = Machine(cfg, pipeline, sinks, clips, store)
-        saved = store.load()
-        if saved is not None:
-            _LOGGER.info("%s: using the threshold %g set at run time (from %s)", cfg.machine.id, saved, store.path)
-            machine.pipeline.update_settings(dataclasses.replace(pipeline.detector.settings, threshold=saved,
-                                                                 clear_threshold=None))
+        machine = Machine(cfg, pipeline, sinks, clips, ThresholdStore(state_dir, cfg.machine.id),
+                          EpisodeStore(state_dir, cfg.machine.id))
+        machine.restore_threshold()
         if cfg.mqtt.enabled:
             from edge_monitor.sinks.mqtt import MqttSink
-            state_dir.mkdir(parents=True, exist_ok=True)
-            sink = MqttSink(cfg.mqtt, cfg.machine, state_dir, runner.bundle.ident,
-                            machine.pipeline.detector.settings.threshold, on_threshold_set=machine.set_threshold)
+            _make_private_dir(state_dir)
+            sink = MqttSink(cfg.mqtt, cfg.machine, state_dir, runner.bundle.ident, machine.settings.threshold,
+                            on_threshold_set=machine.set_threshold, persist_threshold=False,
+                            on_health=lambda event: machine.deliver([event]))
             sinks.append(sink)
+            machine.threshold_listeners.append(sink.show_threshold)
             self.mqtt[cfg.machine.id] = sink
         return machine
 
@@ -348,26 +621,44 @@ class Daemon:
         self.reload_requested.set()
 
     def reload(self) -> None:
-        """Re-read each machine's YAML and apply detection and health settings; audio keeps flowing."""
+        """Re-read each machine's YAML and apply its reloadable settings; audio keeps flowing.
+
+        Never raises: a config that fails to load, validate or apply is logged in one
+        sentence, reported as a ``reload_failed`` health event, and the running one stays.
+        """
         sdnotify.reloading()
         for m in self.machines:
             try:
-                new = load_config(m.cfg.source_file)
+                new = _apply_mqtt_override(load_config(m.cfg.source_file), self.mqtt_override)
+                problems = check_config(new, m.pipeline.runner.bundle)
+                if problems:
+                    raise ConfigError(problems)
+                restart = m.reload(new)
             except ConfigError as exc:
-                _LOGGER.error("reload of %s refused, keeping the running settings:\n%s", m.cfg.source_file, exc)
+                self._reload_failed(m, _one_sentence(exc.problems))
                 continue
-            saved = m.threshold_store.load() if m.threshold_store else None
-            settings = detector_settings(new, m.pipeline.runner.bundle.threshold)
-            if saved is not None and new.detection.threshold is None:
-                settings = dataclasses.replace(settings, threshold=saved, clear_threshold=None)
-            m.request_settings(settings)
-            _LOGGER.info("%s: reloaded detection settings (threshold %g, %d of %d)", m.id, settings.threshold,
-                         settings.trigger_k, settings.trigger_n)
+            except Exception as exc:  # noqa: BLE001 - a reload must never take the service down
+                self._reload_failed(m, str(exc).strip().replace("\n", "; ") or type(exc).__name__)
+                continue
+            s = m.settings
+            _LOGGER.info("%s: reloaded detection settings (threshold %g, %d of %d)", m.id, s.threshold,
+                         s.trigger_k, s.trigger_n)
+            if restart:
+                detail = (f"{', '.join(restart)} changed in {m.cfg.source_file} but only take effect after a restart "
+                          "(systemctl restart); the running values stay until then")
+                _LOGGER.warning("%s: %s", m.id, detail)
+                m.deliver([HealthEvent("reload_restart_needed", m.id, time.time(), detail)])
         sdnotify.ready()
+
+    def _reload_failed(self, m: Machine, why: str) -> None:
+        detail = f"reload of {m.cfg.source_file} refused, the running settings stay: {why}"
+        _LOGGER.error("%s: %s", m.id, detail)
+        m.deliver([HealthEvent("reload_failed", m.id, time.time(), detail)])
 
     def run(self, max_seconds: Optional[float] = None) -> int:
         """Start everything and supervise until a signal, end of input, or a fatal error."""
         for m in self.machines:
+            m.close_dangling_episode()  # its end goes into the outbox before anything newer
             sink = self.mqtt.get(m.id)
             if sink is not None:   # replace a previous run's retained state, even if nothing changes later
                 sink.handle(StateEvent(m.id, m.pipeline.detector.state, time.time()))
@@ -387,7 +678,11 @@ class Daemon:
             now = time.monotonic()
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
-                self.reload()
+                try:
+                    self.reload()
+                except Exception:  # noqa: BLE001 - reload() reports its own failures; this is a last resort
+                    _LOGGER.exception("reload failed; the running settings stay")
+                    sdnotify.ready()
             if deadline is not None and now >= deadline:
                 break
             if all(w.finished for w in self.workers):
@@ -431,6 +726,10 @@ class Daemon:
         for m in self.machines:
             if m.id in self.mqtt:
                 self._publish_telemetry(m)
+            try:
+                m.close_episode_on_stop()
+            except Exception:  # noqa: BLE001 - closing the rest matters more
+                _LOGGER.exception("%s: closing the open alert on stop failed", m.id)
             m.close()
         _LOGGER.info("stopped")
 
@@ -440,6 +739,13 @@ def run_daemon(args: argparse.Namespace) -> int:
     paths = args.config or [str(DEMO_CONFIG)]
     if not args.config:
         _LOGGER.info("no --config given: running the bundled demo (%s)", DEMO_CONFIG)
+    mqtt_spec = getattr(args, "mqtt", None)
+    if mqtt_spec is not None:
+        try:
+            parse_mqtt_spec(mqtt_spec)
+        except ValueError as exc:
+            print(f"edge-monitor: {exc}", file=sys.stderr)
+            return 2
     configs = []
     problems: list[str] = []
     for p in paths:
@@ -471,3 +777,15 @@ def run_daemon(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGHUP, daemon.request_reload)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     return daemon.run(max_seconds=args.max_seconds)
+
+
+def _make_private_dir(path: Path) -> None:
+    """Create the state folder (and parents) as 0750 whatever the umask; an existing one is left alone."""
+    if path.is_dir():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(mode=0o750)
+    except FileExistsError:
+        return
+    os.chmod(path, 0o750)

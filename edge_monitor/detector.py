@@ -12,15 +12,20 @@ Rules, evaluated once per scored window (time is passed in):
   samples at full scale) are health events. Such windows are not scored and never
   trigger an alert.
 * While the source is lost the state is ``degraded``; an open alert is ended first.
+* A score that is NaN or infinite is a health event (``invalid_score``), never a score:
+  the window counts as unscored.
+* Every ``end`` carries its ``reason``: clear, silence, source_lost, or (from
+  ``close_episode``) shutdown.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import math
 from typing import Callable, Optional
 
-from edge_monitor.events import AlertEvent, Event, HealthEvent, MachineState, StateEvent, new_alert_id
+from edge_monitor.events import AlertEvent, EndReason, Event, HealthEvent, MachineState, StateEvent, new_alert_id
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +75,7 @@ class Detector:
         self._silent = False
         self._clipping = False
         self._degraded = False
+        self._invalid_score = False
         self._published: MachineState = "normal"
 
     @property
@@ -115,6 +121,15 @@ class Detector:
                     events += self._end(t_s, "silence")
             self._hot.clear()
             return events
+        if score is not None and not math.isfinite(score):
+            if not self._invalid_score:
+                self._invalid_score = True
+                events.append(HealthEvent("invalid_score", self.machine, t_s,
+                                          f"the model produced a score of {score}; the window is not used"))
+            return events
+        if self._invalid_score and score is not None:
+            self._invalid_score = False
+            events.append(HealthEvent("invalid_score_end", self.machine, t_s, "scores are finite again"))
         if clipping or score is None:
             return events
         hot = score > s.threshold
@@ -138,10 +153,10 @@ class Detector:
             events += self._set_state(t_s)
         return events
 
-    def _end(self, t_s: float, why: str) -> list[Event]:
+    def _end(self, t_s: float, why: EndReason) -> list[Event]:
         assert self._episode is not None
         event = AlertEvent(self._new_id(), "end", self.machine, self._peak, self.settings.threshold,
-                           self._started_at_s, t_s, self.model, self._episode)
+                           self._started_at_s, t_s, self.model, self._episode, reason=why)
         self._episode = None
         self._last_end_s = t_s
         self._calm = 0
@@ -161,7 +176,7 @@ class Detector:
         events: list[Event] = []
         if lost:
             if self._episode:
-                events += self._end(t_s, "source lost")
+                events += self._end(t_s, "source_lost")
             self._degraded = True
             events.append(HealthEvent("source_lost", self.machine, t_s, detail))
         else:
@@ -170,3 +185,9 @@ class Detector:
             self._silent = self._clipping = False
             events.append(HealthEvent("source_ok", self.machine, t_s, detail))
         return events + self._set_state(t_s)
+
+    def close_episode(self, t_s: float, reason: EndReason = "shutdown") -> list[AlertEvent]:
+        """End an open alert now (the monitor is stopping); [] when none is open. The state is left to the caller."""
+        if self._episode is None:
+            return []
+        return [e for e in self._end(t_s, reason) if isinstance(e, AlertEvent)]

@@ -12,7 +12,15 @@ import uuid
 from typing import Any, Literal, Optional, Union
 
 AlertType = Literal["start", "end"]
-MachineState = Literal["normal", "anomaly", "degraded"]
+MachineState = Literal["normal", "anomaly", "degraded", "unknown"]
+"""``unknown``: the monitor stopped listening (a clean stop); nothing is known about the machine until it is back."""
+EndReason = Literal[
+    "clear",        # enough calm windows in a row
+    "silence",      # the machine went quiet (stopped)
+    "source_lost",  # the audio device or serial link went away
+    "shutdown",     # the monitor was stopped during the alert
+    "restart",      # the monitor died during the alert (kill -9, power cut); closed by the next start
+]
 HealthKind = Literal[
     "silence",        # RMS below the configured floor: not scored, not an anomaly
     "silence_end",
@@ -21,6 +29,14 @@ HealthKind = Literal[
     "source_lost",    # the audio device or serial port went away
     "source_ok",      # it came back
     "wrong_machine",  # a machine-type classifier disagrees with the configured type
+    "invalid_samples",      # the source delivered NaN or infinite samples: not scored
+    "invalid_samples_end",
+    "invalid_score",        # the model produced a NaN or infinite score: not used
+    "invalid_score_end",
+    "reload_failed",        # SIGHUP: the new config was refused; the old one keeps running
+    "reload_restart_needed",  # SIGHUP: some changed settings apply only after a restart
+    "mqtt_error",           # the broker cannot be reached or refuses the connection
+    "mqtt_ok",              # connected again after an mqtt_error
 ]
 
 
@@ -50,6 +66,7 @@ class AlertEvent:
     episode: str = ""
     clip: Optional[str] = None
     label: Optional[str] = None         # classifier bundles: the alert label with the most probability
+    reason: Optional[EndReason] = None  # why the episode ended; only for ``type == "end"``
 
     def to_payload(self) -> dict[str, Any]:
         """The JSON object published on ``<prefix>/alert`` (see DESIGN.md)."""
@@ -69,6 +86,8 @@ class AlertEvent:
             payload["clip"] = self.clip
         if self.label is not None:
             payload["label"] = self.label
+        if self.reason is not None:
+            payload["reason"] = self.reason
         return payload
 
     def with_clip(self, clip: Optional[str]) -> AlertEvent:

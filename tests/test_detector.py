@@ -276,7 +276,8 @@ def test_alert_payload_fields() -> None:
     assert p["score"] == 2.5 and p["threshold"] == 1.0
     assert _parse_utc(p["started_at"]) == pytest.approx(T0_S + STEP_S, abs=1e-3)
     q = end.to_payload()
-    assert set(q) == set(p) | {"ended_at"}
+    assert set(q) == set(p) | {"ended_at", "reason"}
+    assert q["reason"] == "clear"
     assert q["type"] == "end" and q["episode"] == p["episode"] and q["id"] != p["id"]
     assert _parse_utc(q["ended_at"]) == pytest.approx(clock.t_s, abs=1e-3)
     assert q["started_at"] == p["started_at"]

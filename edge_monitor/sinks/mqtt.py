@@ -7,6 +7,7 @@ has payload examples):
 - ``<prefix>/state``            retained ``normal``/``anomaly``/``degraded``
 - ``<prefix>/alert``            QoS 1, not retained, JSON from ``AlertEvent.to_payload()``
 - ``<prefix>/telemetry``        JSON handed in by the daemon, plus this sink's counters
+- ``<prefix>/health``           JSON of each health event (QoS 0, not retained; sent while connected)
 - ``<prefix>/threshold/set``    (subscribed) a new threshold, as a plain number
 - ``<prefix>/threshold/state``  retained current threshold, as a plain number
 - ``<prefix>/threshold/error``  JSON describing a rejected ``threshold/set``
@@ -21,6 +22,12 @@ flight has been acknowledged: the broker receives alerts in outbox order.
 After a restart (or ``kill -9``) the new process publishes the outbox from
 the oldest entry. An alert whose PUBACK was lost in a crash is sent again:
 that is QoS 1's at-least-once; subscribers may de-duplicate by ``id``.
+
+Connection problems: every refused or failed attempt, a broker that accepts TCP
+but sends no CONNACK within ``connect_timeout_seconds``, a connection closed before
+CONNACK (a plain client on a TLS listener) and a client id that another client keeps
+taking over is logged once per distinct cause and reported to ``on_health`` as an
+``mqtt_error`` HealthEvent (``mqtt_ok`` when it is over).
 
 Threads: ``handle`` runs on the pipeline thread, callbacks on paho's network
 thread. Neither ever waits for the other: the pump runs on whichever thread
@@ -46,9 +53,9 @@ from typing import Any, Callable, Optional
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
-from edge_monitor.config import MachineConfig, MqttConfig, TlsConfig
+from edge_monitor.config import MachineConfig, MqttConfig, TlsConfig, topic_problem
 from edge_monitor.events import AlertEvent, Event, HealthEvent, ScoreEvent, StateEvent, utc_iso
-from edge_monitor.secrets import SecretError, read_secret
+from edge_monitor.secrets import SecretError, read_secret, secret_path
 from edge_monitor.sinks import homeassistant
 from edge_monitor.sinks.outbox import Outbox
 from edge_monitor.threshold_store import THRESHOLD_MAX, ThresholdStore, is_valid_threshold
@@ -63,6 +70,11 @@ one whose PUBACK was lost, which QoS 1 allows), and order is trivially kept.
 Replaying a backlog costs one round trip per alert, which is ample for alerts.
 """
 _ERROR_PAYLOAD_CHARS = 64
+SHORT_SESSION_SECONDS = 10.0
+"""A connection the broker closes sooner than this after accepting it counts as taken over."""
+TAKEOVER_SESSIONS = 3
+"""Short sessions within ``TAKEOVER_WINDOW_SECONDS`` that mean another client uses our client id."""
+TAKEOVER_WINDOW_SECONDS = 120.0
 
 
 class MqttSetupError(Exception):
@@ -110,6 +122,11 @@ class Topics:
         """Rejected threshold/set messages."""
         return f"{self.prefix}/threshold/error"
 
+    @property
+    def health(self) -> str:
+        """Health events as JSON."""
+        return f"{self.prefix}/health"
+
 
 def default_prefix(machine: MachineConfig) -> str:
     """``edge-monitor/<site>/<machine>``."""
@@ -133,6 +150,48 @@ def parse_threshold(payload: bytes) -> tuple[Optional[float], str]:
     return value, ""
 
 
+def read_password(cfg: MqttConfig) -> Optional[str]:
+    """The broker password from ``mqtt.password_file`` (None without one). MqttSetupError names the problem.
+
+    Warns when the file can be read or written by other users.
+    """
+    if not cfg.password_file:
+        return None
+    if not cfg.username:
+        raise MqttSetupError("mqtt.password_file is set but mqtt.username is not: MQTT needs both")
+    try:
+        path = secret_path(cfg.password_file)
+        password = read_secret(cfg.password_file)
+    except SecretError as exc:
+        raise MqttSetupError(f"mqtt.password_file: {exc}") from None
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        mode = 0
+    if mode & 0o077:
+        _LOGGER.warning("MQTT: the password file %s can be %s by other users (mode %04o); "
+                        "make it readable by the service only (chmod 600)", path,
+                        "read or written" if mode & 0o066 else "accessed", mode & 0o7777)
+    return password
+
+
+def setup_problems(cfg: MqttConfig) -> list[str]:
+    """What would stop ``MqttSink`` from starting: the password file and the TLS files (empty when fine)."""
+    if not cfg.enabled:
+        return []
+    problems = []
+    try:
+        read_password(cfg)
+    except MqttSetupError as exc:
+        problems.append(str(exc))
+    if cfg.tls is not None:
+        try:
+            _check_tls(cfg.tls)
+        except MqttSetupError as exc:
+            problems.append(str(exc))
+    return problems
+
+
 def _default_client(client_id: str) -> paho.Client:
     """A paho 2.x client: callback API v2, MQTT 3.1.1, clean session."""
     return paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True,
@@ -146,8 +205,15 @@ class MqttSink:
                  threshold: float, on_threshold_set: Optional[Callable[[float], None]] = None,
                  client_factory: Optional[Callable[[str], paho.Client]] = None, *,
                  reconnect_min_seconds: float = 1.0, reconnect_max_seconds: float = 30.0,
-                 inflight_window: int = INFLIGHT_WINDOW) -> None:
+                 inflight_window: int = INFLIGHT_WINDOW, persist_threshold: bool = True,
+                 on_health: Optional[Callable[[HealthEvent], None]] = None) -> None:
         """Prepare the client and open the outbox; nothing touches the network before ``start()``.
+
+        ``on_threshold_set(value)`` applies a ``threshold/set`` value; it may raise to
+        refuse it, or return a warning text (applied but e.g. not saved). With
+        ``persist_threshold`` the sink saves accepted values itself; the daemon
+        passes False because the machine owns (and saves) its threshold.
+        ``on_health`` receives the sink's ``mqtt_error``/``mqtt_ok`` events.
 
         Raises MqttSetupError for settings that can never work (password
         file, TLS files, prefix) and OutboxError if the outbox is in use.
@@ -157,21 +223,18 @@ class MqttSink:
         self._model_name = model_name
         self._threshold = float(threshold)
         self._on_threshold_set = on_threshold_set
+        self._on_health = on_health
         self._window = max(1, int(inflight_window))
         prefix = (cfg.prefix or default_prefix(machine)).rstrip("/")
-        if not prefix or "+" in prefix or "#" in prefix:
-            raise MqttSetupError(f"mqtt.prefix {prefix!r}: must be non-empty and contain no + or # wildcard")
+        for name, topic in (("mqtt.prefix", prefix), ("mqtt.homeassistant.discovery_prefix",
+                                                     cfg.homeassistant.discovery_prefix)):
+            why = topic_problem(topic)
+            if why:
+                raise MqttSetupError(f"{name} {topic!r} cannot be used: {why}")
         self.topics = Topics(prefix)
-        self._threshold_store = ThresholdStore(state_dir, machine.id)
+        self._threshold_store = ThresholdStore(state_dir, machine.id) if persist_threshold else None
 
-        password = None
-        if cfg.password_file:
-            if not cfg.username:
-                raise MqttSetupError("mqtt.password_file is set but mqtt.username is not: MQTT needs both")
-            try:
-                password = read_secret(cfg.password_file)
-            except SecretError as exc:
-                raise MqttSetupError(f"mqtt.password_file: {exc}") from None
+        password = read_password(cfg)
 
         self.client_id = cfg.client_id or f"edge-monitor-{machine.site}-{machine.id}"
         client = (client_factory or _default_client)(self.client_id)
@@ -185,6 +248,8 @@ class MqttSink:
         self._reconnect_max_seconds = max(1, round(reconnect_max_seconds))
         client.reconnect_delay_set(min_delay=max(1, round(reconnect_min_seconds)),
                                    max_delay=self._reconnect_max_seconds)
+        client.connect_timeout = float(cfg.connect_timeout_seconds)  # TCP connect and TLS handshake
+        client.on_socket_open = self._on_socket_open
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -214,6 +279,12 @@ class MqttSink:
         self._closed = False
         self._was_connected = False
         self._last_failure: Optional[str] = None
+        self._attempt = 0                    # socket opens so far; ties timers to one connection attempt
+        self._attempt_failed = False         # this attempt's failure is already reported
+        self._connected_at = 0.0             # time.monotonic() of the last CONNACK
+        self._short_sessions: collections.deque[float] = collections.deque()
+        self._taken_over = False             # another client keeps taking our client id
+        self._timers: list[threading.Timer] = []
         self._connect_failures = 0
         self._connects = 0
         self._alerts_published = 0
@@ -238,11 +309,16 @@ class MqttSink:
         """
         if self._closed:
             return
-        self._closing = True
         deadline_s = time.monotonic() + timeout_s
         if self._started and self._client.is_connected():
-            while self._inflight and time.monotonic() < deadline_s and self._client.is_connected():
+            self._kick()  # e.g. the end of an alert closed by the shutdown: deliver it now if the broker is there
+            while (self._inflight or self._outbox.depth) and time.monotonic() < deadline_s \
+                    and self._client.is_connected():
                 time.sleep(0.02)
+        self._closing = True
+        for timer in self._timers:
+            timer.cancel()
+        if self._started and self._client.is_connected():
             try:
                 with self._state_lock:
                     info = self._client.publish(self.topics.status, "offline", qos=1, retain=True)
@@ -300,7 +376,9 @@ class MqttSink:
         elif isinstance(event, HealthEvent):
             self._health_counts[event.kind] += 1
             self._last_health = event.to_payload()
-            _LOGGER.info("health of %s: %s %s", event.machine, event.kind, event.detail)
+            if self._client.is_connected() and not self._closed:
+                self._client.publish(self.topics.health, json.dumps(_json_safe(self._last_health)), qos=0,
+                                     retain=False)
         elif isinstance(event, ScoreEvent):
             self._last_score = float(event.score)
 
@@ -387,15 +465,23 @@ class MqttSink:
             hint = ""
             if str(reason_code) in ("Not authorized", "Bad user name or password"):
                 hint = " (check mqtt.username and the password in mqtt.password_file)"
+            elif str(reason_code) in ("Client identifier not valid", "Identifier rejected"):
+                hint = f" (the broker does not accept the client id {self.client_id!r}; set mqtt.client_id)"
+            self._attempt_failed = True
             self._note_failure(f"broker refused the connection: {reason_code}{hint}")
             return
         self._connects += 1
         self._was_connected = True
-        if self._last_failure is not None:
+        self._connected_at = time.monotonic()
+        self._start_timer(SHORT_SESSION_SECONDS, self._session_held, self._attempt)
+        if self._taken_over:
+            pass  # stays reported until a connection holds (see _session_held)
+        elif self._last_failure is not None:
             _LOGGER.info("MQTT: connected to %s:%d after earlier failures", self._cfg.host, self._cfg.port)
+            self._last_failure = None
+            self._emit_health("mqtt_ok", f"connected to {self._cfg.host}:{self._cfg.port}")
         else:
             _LOGGER.info("MQTT: connected to %s:%d", self._cfg.host, self._cfg.port)
-        self._last_failure = None
         with self._state_lock:
             client.publish(self.topics.status, "online", qos=0, retain=True)
             if self._state is not None:
@@ -410,15 +496,70 @@ class MqttSink:
 
     def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
         # paho calls this from inside its `except OSError` block: the cause is the active exception.
-        self._note_failure(describe_connect_error(sys.exc_info()[1], self._cfg.host, self._cfg.port))
+        self._note_failure(describe_connect_error(sys.exc_info()[1], self._cfg.host, self._cfg.port,
+                                                  tls=self._cfg.tls is not None))
+
+    def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        self._attempt += 1
+        self._attempt_failed = False
+        self._start_timer(float(self._cfg.connect_timeout_seconds), self._connack_overdue, self._attempt)
+
+    def _connack_overdue(self, attempt: int) -> None:
+        """Timer: the broker took TCP (and TLS) but has not answered CONNECT: say so and drop the socket."""
+        if attempt != self._attempt or self._was_connected or self._closing or self._attempt_failed:
+            return
+        self._attempt_failed = True
+        plain = "" if self._cfg.tls is not None else "; is it an MQTT port, or a TLS listener that needs mqtt.tls?"
+        self._note_failure(f"the broker accepted the connection but sent no CONNACK within "
+                           f"{self._cfg.connect_timeout_seconds:g} s{plain}")
+        sock = self._client.socket()
+        if sock is not None:
+            try:  # wakes paho's loop, which then reconnects with its back-off; the base method also for TLS
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            except (OSError, TypeError):
+                pass
+
+    def _session_held(self, attempt: int) -> None:
+        """Timer: a connection lasted SHORT_SESSION_SECONDS; a take-over problem is over."""
+        if attempt != self._attempt or not self._was_connected or self._closing:
+            return
+        self._short_sessions.clear()
+        if self._taken_over:
+            self._taken_over = False
+            self._last_failure = None
+            _LOGGER.info("MQTT: the connection to %s:%d holds again", self._cfg.host, self._cfg.port)
+            self._emit_health("mqtt_ok", f"connected to {self._cfg.host}:{self._cfg.port}")
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any,
                        properties: Any) -> None:
         # paho resends unacknowledged alerts first after the next CONNACK; publish nothing newer until then.
         self._hold = True
-        if self._was_connected and not self._closing:
-            _LOGGER.warning("MQTT: lost the connection to %s:%d (%s); reconnecting, alerts stay in the outbox",
-                            self._cfg.host, self._cfg.port, reason_code)
+        if self._closing:
+            self._was_connected = False
+            return
+        if self._was_connected:
+            now = time.monotonic()
+            if now - self._connected_at < SHORT_SESSION_SECONDS:
+                self._short_sessions.append(now)
+                while self._short_sessions and now - self._short_sessions[0] > TAKEOVER_WINDOW_SECONDS:
+                    self._short_sessions.popleft()
+            if len(self._short_sessions) >= TAKEOVER_SESSIONS:
+                self._taken_over = True
+                self._note_failure(
+                    f"the broker closed the connection {len(self._short_sessions)} times within seconds of "
+                    f"accepting it: another client is probably connected with the same client id "
+                    f"{self.client_id!r} (two monitors with the same machine id? give each a unique "
+                    "machine.id or mqtt.client_id)")
+            elif not self._taken_over:
+                _LOGGER.warning("MQTT: lost the connection to %s:%d (%s); reconnecting, alerts stay in the outbox",
+                                self._cfg.host, self._cfg.port, reason_code)
+        elif not self._attempt_failed:
+            self._attempt_failed = True
+            if self._cfg.tls is None:
+                why = "is it a TLS listener? then set mqtt.tls"
+            else:
+                why = "check mqtt.port, the TLS settings and the broker's log"
+            self._note_failure(f"the broker closed the connection before accepting it ({reason_code}; {why})")
         self._was_connected = False
 
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason_code: Any,
@@ -439,13 +580,28 @@ class MqttSink:
             _LOGGER.exception("MQTT: failed to handle a message on %s", message.topic)
 
     def _note_failure(self, message: str) -> None:
-        """Count a failed connection attempt; log it only when it differs from the previous one."""
+        """Count a failed connection attempt; log it (and report it) only when it differs from the previous one."""
         self._connect_failures += 1
         if message != self._last_failure:
             _LOGGER.error("MQTT: cannot connect to %s:%d: %s. Retrying in the background (every %d s at most); "
                           "alerts are kept in the outbox (%d pending)", self._cfg.host, self._cfg.port, message,
                           self._reconnect_max_seconds, self._outbox.depth)
             self._last_failure = message
+            self._emit_health("mqtt_error", f"{self._cfg.host}:{self._cfg.port}: {message}")
+
+    def _emit_health(self, kind: str, detail: str) -> None:
+        if self._on_health is None or self._closing:
+            return
+        try:
+            self._on_health(HealthEvent(kind, self._machine.id, time.time(), detail))  # type: ignore[arg-type]
+        except Exception:  # noqa: BLE001 - keep paho's thread alive
+            _LOGGER.exception("MQTT: reporting %s failed", kind)
+
+    def _start_timer(self, seconds: float, func: Callable[[int], None], attempt: int) -> None:
+        timer = threading.Timer(seconds, func, args=(attempt,))
+        timer.daemon = True
+        self._timers = [t for t in self._timers if t.is_alive()] + [timer]
+        timer.start()
 
     # ---------------------------------------------------------------- features
 
@@ -461,22 +617,33 @@ class MqttSink:
         if value is None:
             self._reject_threshold(payload, problem)
             return
+        warning = None
         if self._on_threshold_set is not None:
             try:
-                self._on_threshold_set(value)
+                warning = self._on_threshold_set(value)
             except Exception as exc:  # noqa: BLE001 - report whatever the daemon objects to
                 self._reject_threshold(payload, f"not applied: {exc}")
                 return
         self._threshold = value
-        try:
-            self._threshold_store.save(value, source="mqtt")
-        except OSError as exc:
-            _LOGGER.error("MQTT: threshold %g applied but not saved to %s: %s", value,
-                          self._threshold_store.path, exc.strerror)
-            self._publish_threshold_error(payload, f"applied but not saved: {exc.strerror}")
+        if self._threshold_store is not None:
+            try:
+                self._threshold_store.save(value, source="mqtt")
+            except OSError as exc:
+                _LOGGER.error("MQTT: threshold %g applied but not saved to %s: %s", value,
+                              self._threshold_store.path, exc.strerror)
+                warning = f"applied but not saved: {exc.strerror}"
+        if isinstance(warning, str) and warning:
+            self._publish_threshold_error(payload, warning)
         with self._state_lock:
             self._client.publish(self.topics.threshold_state, repr(value), qos=0, retain=True)
         _LOGGER.info("MQTT: threshold of %s set to %g", self._machine.id, value)
+
+    def show_threshold(self, value: float) -> None:
+        """The threshold in force changed elsewhere (reload, start-up): publish it on ``threshold/state``."""
+        self._threshold = float(value)
+        with self._state_lock:
+            if self._client.is_connected() and not self._closed:
+                self._client.publish(self.topics.threshold_state, repr(self._threshold), qos=0, retain=True)
 
     def _reject_threshold(self, payload: bytes, problem: str) -> None:
         shown = payload[:_ERROR_PAYLOAD_CHARS].decode("utf-8", errors="replace")
@@ -501,7 +668,7 @@ def _on_paho_log(client: paho.Client, userdata: Any, level: int, message: str) -
         _PAHO_LOGGER.debug("%s", message)
 
 
-def describe_connect_error(exc: Optional[BaseException], host: str, port: int) -> str:
+def describe_connect_error(exc: Optional[BaseException], host: str, port: int, tls: bool = False) -> str:
     """A one-line, secret-free explanation of a failed connection attempt."""
     if exc is None:
         return "connection failed"
@@ -509,25 +676,45 @@ def describe_connect_error(exc: Optional[BaseException], host: str, port: int) -
         return (f"TLS certificate verification failed ({exc.verify_message}): "
                 "check mqtt.tls.ca and the broker's certificate and host name")
     if isinstance(exc, ssl.SSLError):
-        return f"TLS error ({exc.reason or exc})"
+        hint = ""
+        if "WRONG_VERSION_NUMBER" in str(exc) or "EOF" in str(exc) or "RECORD_LAYER" in str(exc):
+            hint = "; is this port a plain (non-TLS) listener?"
+        return f"TLS handshake failed ({exc.reason or exc}{hint})"
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused (is the broker running and listening on this port?)"
+    if isinstance(exc, ConnectionResetError) and tls:
+        return "the broker reset the connection during the TLS handshake (is this port a TLS listener?)"
     if isinstance(exc, socket.gaierror):
         return f"cannot resolve host name {host!r}"
     if isinstance(exc, (TimeoutError, socket.timeout)):
+        if tls and "handshake" in str(exc):
+            return "the TLS handshake timed out (is this port a TLS listener? does it answer at all?)"
         return "connection timed out"
     if isinstance(exc, OSError):
         return f"{type(exc).__name__}: {exc.strerror or exc}"
     return f"{type(exc).__name__}: {exc}"
 
 
-def _configure_tls(client: paho.Client, tls: TlsConfig) -> None:
-    """Load the CA and client certificate; MqttSetupError names the bad setting."""
+def _check_tls(tls: TlsConfig) -> None:
+    """The TLS files exist and load; MqttSetupError names the bad setting."""
     for key, path in (("ca", tls.ca), ("cert", tls.cert), ("key", tls.key)):
         if path and not Path(path).is_file():
             raise MqttSetupError(f"mqtt.tls.{key}: file {path!r} does not exist")
     if bool(tls.cert) != bool(tls.key):
         raise MqttSetupError("mqtt.tls.cert and mqtt.tls.key must be given together")
+    try:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        if tls.ca:
+            context.load_verify_locations(cafile=tls.ca)
+        if tls.cert:
+            context.load_cert_chain(tls.cert, tls.key)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        raise MqttSetupError(f"mqtt.tls: cannot load the certificates or key: {exc}") from None
+
+
+def _configure_tls(client: paho.Client, tls: TlsConfig) -> None:
+    """Load the CA and client certificate; MqttSetupError names the bad setting."""
+    _check_tls(tls)
     try:
         client.tls_set(ca_certs=tls.ca, certfile=tls.cert, keyfile=tls.key,
                        cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
