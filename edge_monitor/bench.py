@@ -14,14 +14,14 @@ What is measured (all on one thread, medians of repeats because shared machines 
 
 The audio is SYNTHETIC (``edge_monitor.training.synthetic``): throughput does not depend on what the
 machine sounds like, but say so when quoting the numbers. librosa is imported only inside the
-reference function, TensorFlow only in the subprocess that exports the fallback model.
+reference function (the ``[dev]`` extra), and TensorFlow never: ``bench`` runs from a plain
+``pip install``, with the demo model from the package data as its default.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import importlib.util
 import json
 import logging
 import os
@@ -48,9 +48,8 @@ from edge_monitor.wavio import write_wav
 
 _LOGGER = logging.getLogger(__name__)
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[1]
-DEMO_MODEL = PACKAGE_ROOT / "models" / "demo-fan.tflite"
-FALLBACK_VERSION = 1
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the folder holding the edge_monitor package
+DEMO_MODEL = Path(__file__).resolve().parent / "demo" / "demo-fan.tflite"  # package data: works when installed
 BLOCK_SECONDS = 0.032           # the live sources' block (512 samples at 16 kHz)
 WINDOW_HOP_SECONDS = 0.5        # the config default
 SYNTHETIC_CLIP_SECONDS = 20.0   # generated once, then repeated to the requested length
@@ -72,73 +71,29 @@ TARGETS = (  # key, comparison, limit, text
 
 
 class BenchError(RuntimeError):
-    """The benchmark can't run (no model and no way to make one). One sentence."""
+    """The benchmark can't run (no model, a probe that failed). One sentence."""
 
 
 # ---------------------------------------------------------------- model
 
-def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "edge-monitor"
-
-
 def _subprocess_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_ROOT), env.get("PYTHONPATH", "")) if p)
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     return env
 
 
 def resolve_model(requested: Optional[str]) -> tuple[Path, str]:
-    """The model to benchmark and where it came from: ``--model``, the bundled demo, or an untrained fallback."""
+    """The model to benchmark, as an absolute path, and where it came from: ``--model`` or the bundled demo.
+
+    A relative ``--model`` is resolved against the current directory here, before the start-up probe
+    writes a config into a temporary directory (where a relative path would point elsewhere).
+    """
     if requested:
-        return Path(requested), "--model"
-    if DEMO_MODEL.is_file():
-        return DEMO_MODEL, "bundled demo"
-    target = _cache_dir() / f"bench-fallback-v{FALLBACK_VERSION}.tflite"
-    if target.is_file():
-        return target, "untrained fallback (cached)"
-    if importlib.util.find_spec("tensorflow") is None:
-        raise BenchError(f"no model to benchmark: {DEMO_MODEL} is missing and TensorFlow is not installed to "
-                         "export a fallback; pass --model M.tflite")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    code = f"from edge_monitor.bench import export_fallback_model; export_fallback_model({str(target)!r})"
-    _LOGGER.info("exporting an untrained fallback model to %s (needs TensorFlow, takes a while)", target)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_subprocess_env(),
-                          timeout=600)
-    if done.returncode != 0 or not target.is_file():
-        last = (done.stderr.strip().splitlines() or ["unknown error"])[-1]
-        raise BenchError(f"could not export the fallback model to {target}: {last}")
-    return target, "untrained fallback (exported now)"
-
-
-def export_fallback_model(path: str) -> None:
-    """Export an UNTRAINED int8 conv autoencoder with the default feature spec (needs TensorFlow)."""
-    import keras
-    from keras import layers
-
-    from edge_monitor.features import extract, windows
-    from edge_monitor.training.export import export_bundle
-    from edge_monitor.training.synthetic import generate
-
-    spec = FeatureSpec()
-    raw = np.array(windows(spec, extract(spec, generate("fan", 10.0, spec.sample_rate, seed=5)), 8))
-    spec = FeatureSpec(norm_mean=round(float(raw.mean()), 3), norm_std=round(float(raw.std()), 3))
-    keras.utils.set_random_seed(0)
-    inp = keras.Input((spec.frames_per_window, spec.n_features, 1), batch_size=1)
-    x = layers.Conv2D(8, 3, strides=2, padding="same", activation="relu")(inp)
-    x = layers.Conv2D(16, 3, strides=2, padding="same", activation="relu")(x)
-    x = layers.UpSampling2D(2)(x)
-    x = layers.Conv2D(8, 3, padding="same", activation="relu")(x)
-    x = layers.UpSampling2D(2)(x)
-    out = layers.Conv2D(1, 3, padding="same")(x)
-    model = keras.Model(inp, out)
-    norm = (raw - np.float32(spec.norm_mean)) / np.float32(spec.norm_std)
-    meta = {"name": "bench-fallback", "version": str(FALLBACK_VERSION), "kind": "autoencoder",
-            "feature_spec": spec.to_dict(), "input_shape": [1, spec.frames_per_window, spec.n_features, 1],
-            "score": {"type": "mse"}, "threshold": 1.0, "threshold_basis": {"method": "none: untrained"},
-            "training": {"note": "UNTRAINED benchmark fallback; SYNTHETIC representative data"}}
-    Path(path).write_bytes(export_bundle(model, [w[None, :, :, None] for w in norm[:32]], meta))
+        return Path(requested).expanduser().resolve(), "--model"
+    if not DEMO_MODEL.is_file():
+        raise BenchError(f"the bundled demo model {DEMO_MODEL} is missing (a broken install?); "
+                         "pass --model M.tflite")
+    return DEMO_MODEL, "bundled demo"
 
 
 # ---------------------------------------------------------------- audio
