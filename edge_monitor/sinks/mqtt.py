@@ -464,7 +464,11 @@ class MqttSink:
         if reason_code.is_failure:
             hint = ""
             if str(reason_code) in ("Not authorized", "Bad user name or password"):
-                hint = " (check mqtt.username and the password in mqtt.password_file)"
+                if self._cfg.username:
+                    hint = " (check mqtt.username and the password in mqtt.password_file)"
+                else:
+                    hint = (" (the broker wants a user name, mqtt.username and mqtt.password_file, or does not "
+                            f"accept the client id {self.client_id!r}; see mqtt.client_id)")
             elif str(reason_code) in ("Client identifier not valid", "Identifier rejected"):
                 hint = f" (the broker does not accept the client id {self.client_id!r}; set mqtt.client_id)"
             self._attempt_failed = True
