@@ -17,7 +17,8 @@
 # Results: $PI_CHECK_DIR/<suite>-result.txt (versions, venv size, apt download and disk size, demo
 # output). Timings under emulation are NOT Raspberry Pi timings; the script prints none.
 # Environment: PI_CHECK_DIR (default /var/tmp/edge-monitor-pi-check), PI_CHECK_MIRROR, PI_CHECK_CPU,
-# PI_CHECK_REF.
+# PI_CHECK_REF, and PI_CHECK_CA_CERT: a PEM file of extra CA certificates for a network behind a
+# TLS-inspecting proxy (added to the root's trust store, and pip inside is pointed at that store).
 set -euo pipefail
 
 SUITE="${1:-bookworm}"
@@ -83,6 +84,12 @@ rm -rf "$ROOT"
 cp -a --reflink=auto "$BASE" "$ROOT"
 cp -L /etc/resolv.conf "$ROOT/etc/resolv.conf"
 cp /usr/bin/qemu-aarch64-static "$ROOT/usr/bin/"   # for binfmt entries without the F flag
+EXTRA_ENV=()
+if [ -n "${PI_CHECK_CA_CERT:-}" ]; then
+    cp "$PI_CHECK_CA_CERT" "$ROOT/usr/local/share/ca-certificates/pi-check-extra.crt"
+    chroot "$ROOT" /usr/sbin/update-ca-certificates >/dev/null 2>&1
+    EXTRA_ENV=(PIP_CERT=/etc/ssl/certs/ca-certificates.crt)
+fi
 
 # A Raspberry Pi 4 (or 5) /proc/cpuinfo: the emulator would otherwise show the host's.
 case "$CPU" in
@@ -108,7 +115,7 @@ mkdir -p "$ROOT/mnt/edge-monitor-src"
 bind --bind -o ro "$REPO" "$ROOT/mnt/edge-monitor-src"
 
 in_root() {
-    chroot "$ROOT" /usr/bin/env -i HOME=/root USER=root LANG=C.UTF-8 TERM=dumb QEMU_CPU="$CPU" \
+    chroot "$ROOT" /usr/bin/env -i HOME=/root USER=root LANG=C.UTF-8 TERM=dumb QEMU_CPU="$CPU" "${EXTRA_ENV[@]}" \
         PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin /bin/bash -c "$1"
 }
 
@@ -129,7 +136,7 @@ in_root "cd /root/edge-monitor && {
         echo 'packages:'; .venv/bin/python -m pip list --format=freeze 2>/dev/null | sed 's/^/  /'
         .venv/bin/python -c 'from edge_monitor.model import interpreter_class; print(\"runtime:\", interpreter_class()[1])'
     fi
-    echo \"root size after the demo: \$(du -smx / 2>/dev/null | cut -f1) MB\"
+    echo \"pip downloads (its cache): \$(du -sm /root/.cache/pip 2>/dev/null | cut -f1) MB\"
 }" >"$WORK/$SUITE-pi-facts.txt" 2>&1 || true
 
 # ---------------------------------------------------------------- the same demo on this machine
