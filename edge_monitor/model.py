@@ -166,6 +166,12 @@ class ModelRunner:
                 raise ModelError(f"model {path}: a frame_norm model must output one vector per frame, "
                                  f"got shape {list(out_shape)}")
             self._frame_dim = out_shape[2]
+            try:
+                self._offset = float(score.get("offset", 0.0))
+            except (TypeError, ValueError):
+                raise ModelError(f"model {path}: score.offset must be a number") from None
+            if not np.isfinite(self._offset) or self._offset < 0:
+                raise ModelError(f"model {path}: score.offset must be finite and >= 0, got {self._offset}")
         elif kind == "embedding":
             try:
                 self._mean = np.asarray(score["mean"], dtype=np.float64)
@@ -207,7 +213,7 @@ class ModelRunner:
             return float(np.mean(d * d))
         if kind == "embedding" and self._frame_dim:
             z = y.reshape(-1, self._frame_dim).astype(np.float64)
-            return float(np.sqrt((z * z).sum(axis=1)).mean())
+            return max(float(np.sqrt((z * z).sum(axis=1)).mean()) - self._offset, 0.0)
         if kind == "embedding":
             d = y.astype(np.float64) - self._mean
             return float(np.sqrt(max(d @ self._precision @ d, 0.0)))

@@ -144,7 +144,7 @@ def test_cli_trains_and_reports_progress(tmp_path, capsys):
     ("empty", "no .wav files"),
     ("text", "not a readable WAV"),
     ("8k", "8000 Hz"),
-    ("short", "at least 10 s"),
+    ("short", "at least 5 s"),
     ("missing", "no such file"),
 ])
 def test_bad_input_exits_2_with_one_sentence(tmp_path, capsys, make, phrase):

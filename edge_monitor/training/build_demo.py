@@ -21,7 +21,7 @@ DEMO_SEGMENTS = (("normal", 15.0), ("bearing", 10.0), ("normal", 15.0))
 
 
 def build(out_dir: Path, *, normal_clips: int = 18, clip_seconds: float = 10.0, seed: int = 7,
-          method: str = "stats") -> int:
+          method: str = "frames") -> int:
     """Write ``demo-fan.wav`` and ``demo-fan.tflite`` into ``out_dir``; returns an exit code."""
     from edge_monitor.training import unsupervised
 
@@ -43,7 +43,7 @@ def main() -> int:
     """CLI entry point."""
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "demo")
-    p.add_argument("--method", default="stats")
+    p.add_argument("--method", default="frames")
     args = p.parse_args()
     return build(args.out, method=args.method)
 

@@ -63,6 +63,7 @@ REPRESENTATIVE_WINDOWS = 200
 CALIBRATION_OVERSAMPLE = 8       # held-out windows scored 8x denser than the daemon's hop
 CALIBRATION_FOLDS = 5            # K-fold calibration for methods cheap enough to fit K + 1 times
 CROSS_FITTED_METHODS = ("frames", "stats")
+FRAMES_OFFSET_PERCENTILE = 5.0   # frames: score offset, percentile of the training windows' own scores
 MAX_TRAIN_FRAMES = 40000         # frames: deterministic subsample above this (about 21 min of audio)
 STATS_IGNORE_LEVEL = True        # stats: remove each window's overall level from the band means
 
@@ -464,8 +465,19 @@ def _fit(method: str, train_clips: list[_Clip], base_spec: FeatureSpec, epochs: 
     if trained.kind == "autoencoder":
         meta["score"] = {"type": "mse"}
     elif method == "frames":
-        # the whitening is inside the model: a window's score is the mean length of its whitened frames
-        meta["score"] = {"type": "frame_norm"}
+        # The whitening is inside the model: a window's score is the mean length of its whitened frames, less
+        # the typical length on the training audio (5th percentile), so that normal sound scores near zero.
+        # Without the offset every score sits near sqrt(bands), the clear threshold (0.9 x threshold) would sit
+        # below normal sound, and the log-scale tail fit of the calibration would see almost no spread.
+        meta["score"] = {"type": "frame_norm", "offset": 0.0}
+        with tempfile.TemporaryDirectory(prefix="edge-monitor-train-") as tmpd:
+            tmp_bundle = Path(tmpd) / "model.tflite"
+            _write_bundle(tflite, meta, tmp_bundle)
+            runner = load_model(tmp_bundle)
+            fit_idx = np.sort(rng.choice(x.shape[0], min(3000, x.shape[0]), replace=False))
+            inside = np.array([runner.process(raw_windows[i]) for i in fit_idx])
+            runner.close()
+        meta["score"]["offset"] = float(np.percentile(inside, FRAMES_OFFSET_PERCENTILE))
     else:
         # the normal statistics are fitted on the int8 model's own outputs, so the runtime scores what was fitted
         d = int(np.prod(trained.export_model.output_shape[1:]))
