@@ -146,6 +146,8 @@ class Machine:
         self.state = "normal"
         self.started_s = time.time()
         self.first_score_s: Optional[float] = None
+        self.recording_start_s: Optional[float] = None  # file sources: UNIX time of the file's first sample
+        self._recording_loop_s = 0.0                     # a looping file's length
 
     # ------------------------------------------------------------ settings and threshold
 
@@ -259,6 +261,9 @@ class Machine:
 
     def process(self, block: Any, source: Any) -> None:
         """Run one block through this machine's pipeline and deliver the events."""
+        if self.recording_start_s is None and isinstance(source, WavFileSource):
+            self.recording_start_s = block.t_s
+            self._recording_loop_s = source.duration_s if source.loop else 0.0
         with self._settings_lock:
             pending = self._settings if self._settings_dirty else None
             self._settings_dirty = False
@@ -282,6 +287,13 @@ class Machine:
             self.clips.push(mono, block.t_s)
         self.deliver(self.pipeline.process_mono(mono, block.t_s), source)
 
+    def recording_offset_s(self, t_s: float) -> Optional[float]:
+        """Seconds into the recording of UNIX time ``t_s`` when the source is a file, else None."""
+        if self.recording_start_s is None:
+            return None
+        offset = t_s - self.recording_start_s
+        return offset % self._recording_loop_s if self._recording_loop_s > 0 else offset
+
     def deliver(self, events: list[Event], source: Any = None) -> None:
         """Attach clips, record telemetry, remember open episodes, send to every sink."""
         for event in events:
@@ -300,8 +312,11 @@ class Machine:
                     if self.clips is not None:
                         event = event.with_clip(self.clips.start_clip(event))
                     self._remember_episode(event)
-                _LOGGER.warning("%s: alert %s (score %.4g, threshold %.4g%s)", self.id, event.type,
-                                event.score, event.threshold, f", {event.reason}" if event.reason else "")
+                offset = self.recording_offset_s(event.ended_at_s if event.ended_at_s is not None
+                                                 else event.started_at_s)
+                _LOGGER.warning("%s: alert %s (score %.4g, threshold %.4g%s)%s", self.id, event.type,
+                                event.score, event.threshold, f", {event.reason}" if event.reason else "",
+                                "" if offset is None else f" at {offset:.1f} s of the recording")
             elif isinstance(event, StateEvent):
                 self.state = event.state
                 _LOGGER.info("%s: state %s", self.id, event.state)
@@ -587,8 +602,9 @@ class Daemon:
         pipeline = Pipeline.from_config(cfg, runner)
         state_dir = Path(cfg.state_dir)
         sinks: list[Any] = []
-        if self.print_events:
-            sinks.append(ConsoleSink(sys.stdout))
+        console = ConsoleSink(sys.stdout) if self.print_events else None
+        if console is not None:
+            sinks.append(console)
         clips = None
         if cfg.clips.enabled:
             from edge_monitor.sinks.clips import ClipRecorder
@@ -599,6 +615,8 @@ class Daemon:
         machine = Machine(cfg, pipeline, sinks, clips, ThresholdStore(state_dir, cfg.machine.id),
                           EpisodeStore(state_dir, cfg.machine.id))
         machine.restore_threshold()
+        if console is not None:
+            console.recording_offset = machine.recording_offset_s
         if cfg.mqtt.enabled:
             from edge_monitor.sinks.mqtt import MqttSink
             _make_private_dir(state_dir)

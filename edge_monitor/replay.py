@@ -69,7 +69,8 @@ def replay(args: argparse.Namespace) -> int:
         pipeline = Pipeline.from_config(cfg, runner)
     except ModelError as exc:
         return fail(str(exc))
-    sink = ConsoleSink(sys.stdout)
+    first_t_s: list[float] = []  # UNIX time of the file's first sample: alerts also say where they fall in it
+    sink = ConsoleSink(sys.stdout, recording_offset=lambda t_s: t_s - first_t_s[0] if first_t_s else None)
     try:
         while True:
             try:
@@ -78,6 +79,8 @@ def replay(args: argparse.Namespace) -> int:
                 break
             if block is None:
                 continue
+            if not first_t_s:
+                first_t_s.append(block.t_s)
             for event in pipeline.process(block):
                 if isinstance(event, ScoreEvent):
                     if args.scores:  # with label probabilities for classifier bundles

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as _dt
 import itertools
 import json
 import os
@@ -241,8 +242,12 @@ def test_replay_prints_the_pipeline_events_as_json_lines(tiny_autoencoder: Path,
     assert {obj["event"] for obj in lines} == {"alert", "state", "health", "score"}
     alerts = [obj for obj in lines if obj["event"] == "alert"]
     for obj in alerts:
-        required = {"event", "id", "type", "machine", "score", "threshold", "started_at", "model", "episode"}
-        assert set(obj) == required | ({"ended_at"} if obj["type"] == "end" else set())
+        required = {"event", "id", "type", "machine", "score", "threshold", "started_at", "model", "episode",
+                    "recording_s"}  # a file source: where in the recording the alert falls
+        assert set(obj) == required | ({"ended_at", "reason"} if obj["type"] == "end" else set())
+        at = obj["ended_at"] if obj["type"] == "end" else obj["started_at"]
+        at_s = _dt.datetime.fromisoformat(at.replace("Z", "+00:00")).timestamp()
+        assert obj["recording_s"] == pytest.approx(at_s - T0_S, abs=0.001)
         assert obj["started_at"].endswith("Z") and obj["model"] == runner.bundle.ident
     # the same events as the pipeline run in-process with the config's settings and the same block size
     audio, _ = read_wav(recording)
