@@ -26,11 +26,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
 from pathlib import Path
 from typing import Any, Optional, Union
 
 METADATA_NAME = "edge_monitor"
+MAX_METADATA_BYTES = 64 * 1024 * 1024
+"""Metadata is a few kB to a few MB (embedding statistics); a larger claim is corruption."""
 FORMAT_VERSION = 1
 KINDS = ("autoencoder", "embedding", "classifier")
 
@@ -50,18 +53,22 @@ class _FlatReader:
     def __init__(self, buf: bytes) -> None:
         self.buf = buf
 
-    def _u32(self, pos: int) -> int:
-        if pos < 0 or pos + 4 > len(self.buf):
+    def _read(self, fmt: str, pos: int) -> Any:
+        # every offset comes from the file: check it, so a corrupt file is an IndexError, never a wrap-around
+        if pos < 0 or pos + struct.calcsize(fmt) > len(self.buf):
             raise IndexError(pos)
-        return struct.unpack_from("<I", self.buf, pos)[0]
+        return struct.unpack_from(fmt, self.buf, pos)[0]
+
+    def _u32(self, pos: int) -> int:
+        return self._read("<I", pos)
 
     def _field_pos(self, table: int, field: int) -> Optional[int]:
-        vtable = table - struct.unpack_from("<i", self.buf, table)[0]
-        vsize = struct.unpack_from("<H", self.buf, vtable)[0]
+        vtable = table - self._read("<i", table)
+        vsize = self._read("<H", vtable)
         slot = 4 + 2 * field
         if slot + 2 > vsize:
             return None
-        off = struct.unpack_from("<H", self.buf, vtable + slot)[0]
+        off = self._read("<H", vtable + slot)
         return table + off if off else None
 
     def root(self) -> int:
@@ -71,15 +78,18 @@ class _FlatReader:
         pos = self._field_pos(table, field)
         return None if pos is None else pos + self._u32(pos)
 
-    def vector(self, table: int, field: int) -> tuple[int, int]:
-        """(start of elements, length) or (0, 0) when absent."""
+    def vector(self, table: int, field: int, item_bytes: int = 1) -> tuple[int, int]:
+        """(start of elements, length) or (0, 0) when absent; IndexError when it runs past the end."""
         pos = self.table_field(table, field)
         if pos is None:
             return 0, 0
-        return pos + 4, self._u32(pos)
+        n = self._u32(pos)
+        if pos + 4 + n * item_bytes > len(self.buf):
+            raise IndexError(pos)
+        return pos + 4, n
 
     def vector_of_tables(self, table: int, field: int) -> list[int]:
-        start, n = self.vector(table, field)
+        start, n = self.vector(table, field, 4)
         return [start + 4 * i + self._u32(start + 4 * i) for i in range(n)]
 
     def string(self, table: int, field: int) -> str:
@@ -88,7 +98,7 @@ class _FlatReader:
 
     def scalar(self, table: int, field: int, fmt: str, default: Any = 0) -> Any:
         pos = self._field_pos(table, field)
-        return default if pos is None else struct.unpack_from(fmt, self.buf, pos)[0]
+        return default if pos is None else self._read(fmt, pos)
 
 
 def read_metadata_bytes(model: bytes, name: str = METADATA_NAME) -> Optional[bytes]:
@@ -110,6 +120,8 @@ def read_metadata_bytes(model: bytes, name: str = METADATA_NAME) -> Optional[byt
                 off = r.scalar(buffers[index], _BUFFER_OFFSET, "<Q")
                 n = r.scalar(buffers[index], _BUFFER_SIZE, "<Q")
                 start = off
+            if n > MAX_METADATA_BYTES:
+                raise BundleError(f"its metadata claims {n} bytes; at most {MAX_METADATA_BYTES} are read")
             if start + n > len(model):
                 raise BundleError("it is truncated (metadata runs past the end of the file)")
             return bytes(model[start:start + n])
@@ -128,18 +140,53 @@ def validate_metadata(meta: Any) -> list[str]:
     for key in ("name", "kind", "feature_spec", "input_shape", "score", "threshold"):
         if key not in meta:
             problems.append(f"missing key {key!r}")
-    if meta.get("kind") not in KINDS:
+    if not isinstance(meta.get("kind"), str) or meta.get("kind") not in KINDS:
         problems.append(f"kind is {meta.get('kind')!r}, expected one of {', '.join(KINDS)}")
+    for key in ("labels", "alert_labels"):
+        value = meta.get(key)
+        if value is not None and (not isinstance(value, list) or not all(isinstance(v, str) for v in value)):
+            problems.append(f"{key} is {str(value)[:60]!r}, expected a list of names")
+            meta = {k: v for k, v in meta.items() if k != key}
     if meta.get("kind") == "classifier":
         labels = meta.get("labels") or []
         alert = meta.get("alert_labels") or []
         if not labels:
             problems.append("a classifier needs its labels")
         if not alert or any(a not in labels for a in alert):
-            problems.append(f"alert_labels {alert!r} must be a non-empty subset of labels {labels!r}")
+            problems.append(f"alert_labels {str(alert)[:60]!r} must be a non-empty subset of labels "
+                            f"{str(labels)[:60]!r}")
     thr = meta.get("threshold")
-    if not isinstance(thr, (int, float)) or thr != thr:
-        problems.append(f"threshold is {thr!r}, expected a number")
+    if not isinstance(thr, (int, float)) or isinstance(thr, bool) or not math.isfinite(thr) or thr <= 0:
+        problems.append(f"threshold is {thr!r}, expected a finite number > 0")
+    problems += _feature_spec_problems(meta.get("feature_spec"))
+    return problems
+
+
+# Generic bounds on a bundle's feature spec, so that a corrupt or hostile bundle is refused
+# at load instead of making the feature extractor allocate or loop without bound.
+_SPEC_BOUNDS = {
+    "sample_rate": (1000, 192000),     # hertz
+    "n_fft": (16, 65536),              # samples per frame
+    "hop_length": (1, 65536),          # samples between frames
+    "n_mels": (1, 1024),
+    "frames_per_window": (1, 10000),
+}
+
+
+def _feature_spec_problems(spec: Any) -> list[str]:
+    """Problems with the generic numbers of a feature spec (any model kind)."""
+    if not isinstance(spec, dict):
+        return [] if spec is None else [f"feature_spec is {type(spec).__name__}, expected an object"]
+    problems = []
+    for key, (lo, hi) in _SPEC_BOUNDS.items():
+        if key not in spec:
+            continue
+        value = spec[key]
+        if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+            problems.append(f"feature_spec.{key} is {str(value)[:40]!r}, expected an integer from {lo} to {hi}")
+    window = spec.get("window", "hann")
+    if not isinstance(window, str) or len(window) > 32:
+        problems.append(f"feature_spec.window is {str(window)[:40]!r}, expected a window name")
     return problems
 
 
@@ -161,8 +208,8 @@ def load_metadata(path: Union[str, Path]) -> tuple[dict, bytes]:
                           "train it with `edge-monitor train` or `edge-monitor train-classifier`")
     try:
         meta = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"model {p}: its metadata is not valid JSON ({exc})") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # ValueError: also a 5000-digit number
+        raise BundleError(f"model {p}: its metadata is not valid JSON ({str(exc)[:120]})") from None
     problems = validate_metadata(meta)
     if problems:
         raise BundleError(f"model {p}: invalid metadata: {'; '.join(problems)}")

@@ -2,7 +2,12 @@
 
 Python's ``wave`` module rejects the extensible header used by the MIMII array
 recordings, so the RIFF chunks are parsed here. Supported: PCM 8/16/24/32-bit
-and IEEE float 32/64-bit, any channel count.
+and IEEE float 32/64-bit, up to ``MAX_CHANNELS`` channels.
+
+Any header a reader could trip over is a ``WavError`` naming the file: a
+``block_align`` that is not channels x bytes per sample, absurd channel counts or
+rates, a data size beyond the end of the file (clamped: a truncated recording is
+still read), and float samples that are NaN or infinite.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import numpy as np
 _PCM = 0x0001
 _FLOAT = 0x0003
 _EXTENSIBLE = 0xFFFE
+MAX_CHANNELS = 1024
+MAX_RATE_HZ = 1_000_000
 
 
 class WavError(ValueError):
@@ -62,14 +69,21 @@ def _parse_header(fh: BinaryIO, path: Union[str, Path]) -> tuple[dict, int, int]
             if len(body) < 16:
                 raise _fail(path, "the fmt chunk is too short")
             tag, channels, rate, _byte_rate, block_align, bits = struct.unpack("<HHIIHH", body[:16])
+            if not 1 <= channels <= MAX_CHANNELS or not 1 <= rate <= MAX_RATE_HZ or block_align < 1:
+                raise _fail(path, f"invalid format (channels={channels}, rate={rate} Hz, block_align={block_align}; "
+                                  f"expected 1-{MAX_CHANNELS} channels at 1-{MAX_RATE_HZ} Hz)")
             if tag == _EXTENSIBLE:
                 if len(body) < 40:
                     raise _fail(path, "the extensible fmt chunk is too short")
                 tag = struct.unpack("<H", body[24:26])[0]  # first two bytes of the sub-format GUID
-                bits = 8 * block_align // max(channels, 1)  # container size; valid bits may be fewer
+                if block_align % channels:
+                    raise _fail(path, f"block_align {block_align} is not a whole number of bytes per channel "
+                                      f"({channels} channels)")
+                bits = 8 * block_align // channels  # container size; valid bits may be fewer
+            elif bits % 8 or block_align != channels * bits // 8:
+                raise _fail(path, f"block_align {block_align} does not match {channels} channel(s) x {bits} bits "
+                                  f"(expected {channels * max(bits, 8) // 8})")
             fmt = {"tag": tag, "channels": channels, "rate": rate, "block_align": block_align, "bits": bits}
-            if channels < 1 or rate < 1 or block_align < 1:
-                raise _fail(path, f"invalid format (channels={channels}, rate={rate}, block_align={block_align})")
             if tag not in (_PCM, _FLOAT):
                 raise _fail(path, f"unsupported encoding 0x{tag:04x} (only PCM and IEEE float are read)")
             if (tag == _PCM and bits not in (8, 16, 24, 32)) or (tag == _FLOAT and bits not in (32, 64)):
@@ -92,6 +106,9 @@ def _decode(raw: bytes, fmt: dict, path: Union[str, Path]) -> np.ndarray:
     ch, bits, tag = fmt["channels"], fmt["bits"], fmt["tag"]
     if tag == _FLOAT:
         x = np.frombuffer(raw, dtype="<f4" if bits == 32 else "<f8").astype(np.float32)
+        bad = int(x.size - np.count_nonzero(np.isfinite(x)))
+        if bad:
+            raise _fail(path, f"{bad} sample(s) are NaN or infinite (a corrupt float recording)")
     elif bits == 8:
         x = (np.frombuffer(raw, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
     elif bits == 16:

@@ -25,4 +25,4 @@ def make_source(cfg: Any, target_rate_hz: int, stall_timeout_s: float = 2.0) -> 
         from edge_monitor.sources.serial import SerialSource
         return SerialSource.from_config(cfg, stall_timeout_s=stall_timeout_s)
     from edge_monitor.sources.wavfile import WavFileSource
-    return WavFileSource.from_config(cfg)
+    return WavFileSource.from_config(cfg, expect_rate_hz=target_rate_hz)

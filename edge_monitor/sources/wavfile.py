@@ -1,4 +1,9 @@
-"""Replay a WAV file as if it were a microphone: as fast as possible, or at real-time pace."""
+"""Replay a WAV file as if it were a microphone: as fast as possible, or at real-time pace.
+
+``open`` refuses (SourceError, one sentence) a file at another rate than the model's
+(``expect_rate_hz``), with fewer channels than the machine uses (``min_channels``),
+and an empty file that is meant to loop, which could only spin.
+"""
 
 from __future__ import annotations
 
@@ -17,8 +22,11 @@ class WavFileSource:
 
     def __init__(self, path: Union[str, Path], *, block_seconds: float = 0.032, realtime: bool = False,
                  loop: bool = False, start_time_s: Optional[float] = None,
-                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> None:
+                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
+                 expect_rate_hz: Optional[int] = None, min_channels: int = 1) -> None:
         self.path = Path(path)
+        self.expect_rate_hz = expect_rate_hz
+        self.min_channels = max(1, int(min_channels))
         self.block_seconds = block_seconds
         self.realtime = realtime
         self.loop = loop
@@ -31,9 +39,10 @@ class WavFileSource:
         self._emitted = 0
 
     @classmethod
-    def from_config(cls, cfg: Any) -> WavFileSource:
+    def from_config(cls, cfg: Any, expect_rate_hz: Optional[int] = None) -> WavFileSource:
         """Build from a SourceConfig (type: file)."""
-        return cls(cfg.path, block_seconds=cfg.block_seconds, realtime=cfg.realtime, loop=cfg.loop)
+        return cls(cfg.path, block_seconds=cfg.block_seconds, realtime=cfg.realtime, loop=cfg.loop,
+                   expect_rate_hz=expect_rate_hz, min_channels=max(cfg.channels) + 1)
 
     def open(self) -> None:
         """Read the file into memory."""
@@ -45,6 +54,18 @@ class WavFileSource:
             raise SourceError(str(exc)) from None
         except OSError as exc:
             raise SourceError(f"{self.path}: cannot read it ({exc.strerror})") from None
+        audio, rate = self._audio, self.sample_rate
+        problem = None
+        if self.expect_rate_hz is not None and rate != self.expect_rate_hz:
+            problem = (f"sampled at {rate} Hz but the model expects {self.expect_rate_hz} Hz; resample it first "
+                       f"(e.g. `sox in.wav -r {self.expect_rate_hz} out.wav`)")
+        elif audio.shape[1] < self.min_channels:
+            problem = f"has {audio.shape[1]} channel(s) but channel {self.min_channels - 1} is configured"
+        elif self.loop and audio.shape[0] == 0:
+            problem = "has no audio, so it cannot be looped"
+        if problem:
+            self._audio = None
+            raise SourceError(f"{self.path}: {problem}")
         self.channels = self._audio.shape[1]
         self._pos = 0
         self._emitted = 0
