@@ -13,7 +13,8 @@ plus one ``pre_seconds + post_seconds`` buffer per pending clip (at most
 
 Clip files are 16-bit PCM mono WAVs named ``<machine>-<UTC start>-<id>.wav``,
 written to a hidden temporary name, fsynced, then renamed, so a reader never
-sees a half-written clip. After each write the oldest clips of this machine are
+sees a half-written clip. Clips are created 0640 (the folder 0750) whatever the
+umask: they are recordings of the factory floor. After each write the oldest clips of this machine are
 deleted until both ``max_count`` and ``max_total_mb`` hold. A full, missing or
 read-only folder never stops alerting: ``start_clip`` returns None, failures are
 counted in ``stats()`` and logged once per kind of failure.
@@ -44,6 +45,8 @@ MAX_PENDING_CLIPS = 4
 """Clips that may wait for their post-trigger audio at once; further alerts get no clip."""
 
 _BYTES_PER_MB = 1_000_000
+CLIP_FILE_MODE = 0o640
+CLIP_DIR_MODE = 0o750
 _WAV_HEADER_BYTES = 44
 _INT16_SCALE = 32768.0  # float sample 1.0 maps to int16 full scale (clipped to 32767)
 
@@ -242,7 +245,13 @@ class ClipRecorder:
     def _folder_usable(self, expected_bytes: int) -> bool:
         """Create the clips folder if needed; False (logged once) if it cannot take a clip of this size."""
         try:
-            self._dir.mkdir(parents=True, exist_ok=True)
+            if not self._dir.is_dir():
+                self._dir.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    self._dir.mkdir(mode=CLIP_DIR_MODE)
+                    os.chmod(self._dir, CLIP_DIR_MODE)  # mkdir's mode is filtered by the umask
+                except FileExistsError:
+                    pass
         except OSError as exc:
             self._log_failure("mkdir", exc, f"cannot create clips folder {self._dir}: {exc.strerror or exc}")
             return False
@@ -287,7 +296,9 @@ class ClipRecorder:
         samples = np.nan_to_num(clip.buffer, nan=0.0, posinf=1.0, neginf=-1.0)
         pcm = np.clip(np.rint(samples * _INT16_SCALE), -32768, 32767).astype("<i2")
         try:
-            with open(temp_path, "wb") as stream:
+            fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, CLIP_FILE_MODE)
+            os.fchmod(fd, CLIP_FILE_MODE)
+            with os.fdopen(fd, "wb") as stream:
                 with wave.open(stream, "wb") as wav:
                     wav.setnchannels(1)
                     wav.setsampwidth(2)

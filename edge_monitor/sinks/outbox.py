@@ -9,6 +9,9 @@ replayed in the order they were raised.
 One process at a time: the outbox holds an exclusive ``flock`` on
 ``<file>.lock`` while it is open, so two daemons configured with the same
 file fail loudly instead of double-publishing.
+
+The database is created 0600 whatever the umask (SQLite gives its ``-wal`` and
+``-shm`` files the database's mode), and an existing one is tightened to 0600.
 """
 
 from __future__ import annotations
@@ -161,8 +164,27 @@ class Outbox:
                 os.close(self._lock_fd)
 
 
+FILE_MODE = 0o600
+
+
+def _private_file(path: Path) -> None:
+    """Create ``path`` 0600 if it does not exist, and make it 0600 if it does (alert payloads are private)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm"):
+        side = Path(str(path) + suffix)
+        try:
+            os.chmod(side, FILE_MODE)
+        except FileNotFoundError:
+            pass
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     """Open the database in WAL mode with full fsync and create the tables."""
+    _private_file(path)
     # Autocommit mode; transactions are opened explicitly with `with db:`.
     db = sqlite3.connect(str(path), timeout=10.0, isolation_level=None, check_same_thread=False)
     try:
@@ -184,7 +206,7 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 def _acquire_file_lock(lock_path: Path) -> int:
     """Take an exclusive, non-blocking flock on ``lock_path``; raise OutboxError if another process holds it."""
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, FILE_MODE)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
