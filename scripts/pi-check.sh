@@ -136,7 +136,12 @@ in_root "cd /root/edge-monitor && {
         echo 'packages:'; .venv/bin/python -m pip list --format=freeze 2>/dev/null | sed 's/^/  /'
         .venv/bin/python -c 'from edge_monitor.model import interpreter_class; print(\"runtime:\", interpreter_class()[1])'
     fi
-    echo \"pip downloads (its cache): \$(du -sm /root/.cache/pip 2>/dev/null | cut -f1) MB\"
+    if [ -x .venv/bin/python ]; then  # what pip fetched for the install, fetched again to weigh it
+        .venv/bin/python -m pip freeze 2>/dev/null | grep -v '^edge-monitor' >/tmp/pi-check-req.txt
+        .venv/bin/python -m pip download -q --no-deps --only-binary=:all: -d /tmp/pi-check-wheels \
+            -r /tmp/pi-check-req.txt >/dev/null 2>&1 &&
+            echo \"wheels pip installed: \$(ls /tmp/pi-check-wheels | wc -l), \$(du -sm /tmp/pi-check-wheels | cut -f1) MB download\"
+    fi
 }" >"$WORK/$SUITE-pi-facts.txt" 2>&1 || true
 
 # ---------------------------------------------------------------- the same demo on this machine
