@@ -7,7 +7,8 @@ on ``<discovery_prefix>/status``. Three entities share one device:
 - ``binary_sensor`` "Anomaly" (device_class ``problem``): on while the state is ``anomaly``;
 - ``sensor`` "Anomaly score": the last window score, from the telemetry topic
   (all other telemetry fields become its attributes);
-- ``sensor`` "State" (device_class ``enum``): normal, anomaly or degraded.
+- ``sensor`` "State" (device_class ``enum``): normal, anomaly, degraded or unknown
+  (``unknown``: the monitor was stopped during an alert; the anomaly shows as unknown too).
 
 All three follow ``<prefix>/status`` for availability.
 """
@@ -63,8 +64,8 @@ def discovery_messages(ha: HomeAssistantConfig, machine: MachineConfig, prefix: 
         "device_class": "problem",
         "state_topic": f"{prefix}/state",
         # `degraded` is an input problem, not a machine problem: it reads as off here
-        # and shows up in the State sensor instead.
-        "value_template": "{{ 'ON' if value == 'anomaly' else 'OFF' }}",
+        # and shows up in the State sensor instead. `unknown` renders None: Home Assistant's unknown.
+        "value_template": "{{ 'ON' if value == 'anomaly' else ('None' if value == 'unknown' else 'OFF') }}",
         "payload_on": "ON",
         "payload_off": "OFF",
     }
@@ -84,7 +85,7 @@ def discovery_messages(ha: HomeAssistantConfig, machine: MachineConfig, prefix: 
         "unique_id": f"{node}_state",
         "state_topic": f"{prefix}/state",
         "device_class": "enum",
-        "options": ["normal", "anomaly", "degraded"],
+        "options": ["normal", "anomaly", "degraded", "unknown"],
         "icon": "mdi:state-machine",
     }
     base = ha.discovery_prefix
