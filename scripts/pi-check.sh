@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Check the README's Raspberry Pi set-up in an emulated 64-bit Debian root, as a new user would try it.
 #
-#   sudo bash scripts/pi-check.sh [bookworm|trixie]     (default bookworm; needs root and network)
+#   sudo bash scripts/pi-check.sh [bookworm|trixie] [arm64|armhf]   (default bookworm arm64; root, network)
 #
-# 1. Builds (once) an arm64 Debian root with debootstrap (--include=ca-certificates,git), then copies it
-#    to a fresh working root for every run, so each run starts from a clean system.
+# 1. Builds (once) a Debian root for the architecture with debootstrap (--include=ca-certificates,git),
+#    then copies it to a fresh working root for every run, so each run starts from a clean system.
+#    arm64 stands for the 64-bit Raspberry Pi OS, armhf for the 32-bit one (a 32-bit kernel: uname -m
+#    says armv7l).
 # 2. Runs it under qemu-user-static with a Raspberry Pi CPU: QEMU_CPU=cortex-a72 (Pi 4; PI_CHECK_CPU=
-#    cortex-a76 for a Pi 5) and a Pi-style /proc/cpuinfo bind-mounted over the emulator's. Both matter:
-#    with qemu's default CPU model ai-edge-litert 2.2/2.3 crash in Interpreter.__init__ and 2.1.6 scores
-#    wrongly, which is the emulator, not a Pi.
+#    cortex-a76 for a Pi 5; armhf: cortex-a15, the nearest 32-bit model qemu-arm has) and a Pi-style
+#    /proc/cpuinfo bind-mounted over the emulator's. Both matter: with qemu's default CPU model
+#    ai-edge-litert 2.2/2.3 crash in Interpreter.__init__ and 2.1.6 scores wrongly, which is the
+#    emulator, not a Pi.
 # 3. Clones this repository's HEAD (PI_CHECK_REF to choose another commit) inside the root with its git
 #    and runs the README's demo command exactly as written: `bash scripts/demo.sh`.
 # 4. Runs the same demo from a clone on this (x86) machine and compares the alerts: types, scores and
@@ -22,23 +25,30 @@
 set -euo pipefail
 
 SUITE="${1:-bookworm}"
+ARCH="${2:-arm64}"
 case "$SUITE" in
     bookworm|trixie) ;;
-    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "usage: $0 [bookworm|trixie]" >&2; exit 2 ;;
+    -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "usage: $0 [bookworm|trixie] [arm64|armhf]" >&2; exit 2 ;;
+esac
+case "$ARCH" in
+    arm64) QEMU=qemu-aarch64; DEFAULT_CPU=cortex-a72 ;;
+    armhf) QEMU=qemu-arm; DEFAULT_CPU=cortex-a15 ;;
+    *) echo "usage: $0 [bookworm|trixie] [arm64|armhf]" >&2; exit 2 ;;
 esac
 [ "$(id -u)" -eq 0 ] || { echo "pi-check: run as root (debootstrap, chroot and mounts need it)" >&2; exit 2; }
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 WORK="${PI_CHECK_DIR:-/var/tmp/edge-monitor-pi-check}"
 MIRROR="${PI_CHECK_MIRROR:-http://deb.debian.org/debian}"
-CPU="${PI_CHECK_CPU:-cortex-a72}"
+CPU="${PI_CHECK_CPU:-$DEFAULT_CPU}"
 REF="$(git -C "$REPO" rev-parse "${PI_CHECK_REF:-HEAD}")"
-BASE="$WORK/$SUITE-arm64"          # pristine debootstrap root, built once
-ROOT="$WORK/$SUITE-arm64-run"      # fresh copy for this run
-RESULT="$WORK/$SUITE-result.txt"
-PI_LOG="$WORK/$SUITE-pi-demo.log"
-X86_LOG="$WORK/$SUITE-x86-demo.log"
+NAME="$SUITE-$ARCH"
+BASE="$WORK/$NAME"                 # pristine debootstrap root, built once
+ROOT="$WORK/$NAME-run"             # fresh copy for this run
+RESULT="$WORK/$NAME-result.txt"
+PI_LOG="$WORK/$NAME-pi-demo.log"
+X86_LOG="$WORK/$NAME-x86-demo.log"
 mkdir -p "$WORK"
 
 say() { echo "pi-check: $*" >&2; }
@@ -46,7 +56,7 @@ say() { echo "pi-check: $*" >&2; }
 # ---------------------------------------------------------------- host tools and binfmt
 missing=()
 command -v debootstrap >/dev/null || missing+=(debootstrap)
-[ -x /usr/bin/qemu-aarch64-static ] || missing+=(qemu-user-static)
+[ -x "/usr/bin/$QEMU-static" ] || missing+=(qemu-user-static)
 command -v update-binfmts >/dev/null || missing+=(binfmt-support)
 if [ "${#missing[@]}" -gt 0 ]; then
     say "installing ${missing[*]}"
@@ -54,17 +64,17 @@ if [ "${#missing[@]}" -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
 fi
 [ -e /proc/sys/fs/binfmt_misc/status ] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
-[ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || update-binfmts --enable qemu-aarch64
-grep -q '^enabled' /proc/sys/fs/binfmt_misc/qemu-aarch64 || { say "binfmt qemu-aarch64 is not enabled"; exit 1; }
+[ -e "/proc/sys/fs/binfmt_misc/$QEMU" ] || update-binfmts --enable "$QEMU"
+grep -q '^enabled' "/proc/sys/fs/binfmt_misc/$QEMU" || { say "binfmt $QEMU is not enabled"; exit 1; }
 
-# ---------------------------------------------------------------- the arm64 root
+# ---------------------------------------------------------------- the root
 if [ ! -e "$BASE/.edge-monitor-pi-check" ]; then
     rm -rf "$BASE"
-    say "debootstrap $SUITE arm64 from $MIRROR into $BASE (both stages under emulation; takes a while)"
-    if ! debootstrap --arch=arm64 --include=ca-certificates,git "$SUITE" "$BASE" "$MIRROR" \
-            >"$WORK/$SUITE-debootstrap.log" 2>&1; then
-        say "debootstrap failed; the end of $WORK/$SUITE-debootstrap.log:"
-        tail -n 20 "$WORK/$SUITE-debootstrap.log" >&2
+    say "debootstrap $SUITE $ARCH from $MIRROR into $BASE (both stages under emulation; takes a while)"
+    if ! debootstrap --arch="$ARCH" --include=ca-certificates,git "$SUITE" "$BASE" "$MIRROR" \
+            >"$WORK/$NAME-debootstrap.log" 2>&1; then
+        say "debootstrap failed; the end of $WORK/$NAME-debootstrap.log:"
+        tail -n 20 "$WORK/$NAME-debootstrap.log" >&2
         [ -f "$BASE/debootstrap/debootstrap.log" ] && tail -n 20 "$BASE/debootstrap/debootstrap.log" >&2
         exit 1
     fi
@@ -83,7 +93,7 @@ say "fresh working root $ROOT"
 rm -rf "$ROOT"
 cp -a --reflink=auto "$BASE" "$ROOT"
 cp -L /etc/resolv.conf "$ROOT/etc/resolv.conf"
-cp /usr/bin/qemu-aarch64-static "$ROOT/usr/bin/"   # for binfmt entries without the F flag
+cp "/usr/bin/$QEMU-static" "$ROOT/usr/bin/"   # for binfmt entries without the F flag
 EXTRA_ENV=()
 if [ -n "${PI_CHECK_CA_CERT:-}" ]; then
     cp "$PI_CHECK_CA_CERT" "$ROOT/usr/local/share/ca-certificates/pi-check-extra.crt"
@@ -96,13 +106,20 @@ case "$CPU" in
     cortex-a76) PART=0xd0b; REV=1; VARIANT=0x4; MODEL="Raspberry Pi 5 Model B Rev 1.0"; BOARD=d04170 ;;
     *)          PART=0xd08; REV=3; VARIANT=0x0; MODEL="Raspberry Pi 4 Model B Rev 1.5"; BOARD=d03115 ;;
 esac
-CPUINFO="$WORK/cpuinfo-$CPU"
+CPUINFO="$WORK/cpuinfo-$ARCH-$CPU"
 {
     for n in 0 1 2 3; do
-        printf 'processor\t: %s\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\n' "$n"
-        printf 'CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: %s\nCPU part\t: %s\n' "$VARIANT" "$PART"
-        printf 'CPU revision\t: %s\n\n' "$REV"
+        if [ "$ARCH" = armhf ]; then  # what a 32-bit kernel shows on a Pi 4
+            printf 'processor\t: %s\nmodel name\t: ARMv7 Processor rev 3 (v7l)\nBogoMIPS\t: 108.00\n' "$n"
+            printf 'Features\t: half thumb fastmult vfp edsp neon vfpv3 tls vfpv4 idiva idivt vfpd32 lpae evtstrm crc32\n'
+            printf 'CPU implementer\t: 0x41\nCPU architecture: 7\n'
+        else
+            printf 'processor\t: %s\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\n' "$n"
+            printf 'CPU implementer\t: 0x41\nCPU architecture: 8\n'
+        fi
+        printf 'CPU variant\t: %s\nCPU part\t: %s\nCPU revision\t: %s\n\n' "$VARIANT" "$PART" "$REV"
     done
+    [ "$ARCH" = armhf ] && printf 'Hardware\t: BCM2835\n'
     printf 'Revision\t: %s\nSerial\t\t: 10000000e1f2a3b4\nModel\t\t: %s\n' "$BOARD" "$MODEL"
 } >"$CPUINFO"
 
@@ -120,7 +137,7 @@ in_root() {
 }
 
 # ---------------------------------------------------------------- the demo on the emulated Pi
-say "cloning $REF and running 'bash scripts/demo.sh' in the $SUITE root (QEMU_CPU=$CPU)"
+say "cloning $REF and running 'bash scripts/demo.sh' in the $NAME root (QEMU_CPU=$CPU)"
 in_root "git -c safe.directory='*' clone -q --no-local /mnt/edge-monitor-src /root/edge-monitor \
          && git -C /root/edge-monitor checkout -q $REF"
 set +e
@@ -142,7 +159,7 @@ in_root "cd /root/edge-monitor && {
             -r /tmp/pi-check-req.txt >/dev/null 2>&1 &&
             echo \"wheels pip installed: \$(ls /tmp/pi-check-wheels | wc -l), \$(du -sm /tmp/pi-check-wheels | cut -f1) MB download\"
     fi
-}" >"$WORK/$SUITE-pi-facts.txt" 2>&1 || true
+}" >"$WORK/$NAME-pi-facts.txt" 2>&1 || true
 
 # ---------------------------------------------------------------- the same demo on this machine
 say "running the same demo from a clone on $(uname -m)"
@@ -177,11 +194,11 @@ EOF
 PI_ALERTS="$(alerts "$PI_LOG")"
 X86_ALERTS="$(alerts "$X86_LOG")"
 {
-    echo "edge-monitor pi-check: $SUITE arm64 under qemu-user ($(/usr/bin/qemu-aarch64-static --version | head -n1)),"
+    echo "edge-monitor pi-check: $SUITE $ARCH under qemu-user ($("/usr/bin/$QEMU-static" --version | head -n1)),"
     echo "QEMU_CPU=$CPU, Pi-style /proc/cpuinfo; commit $REF; $(date -u +%Y-%m-%dT%H:%MZ)"
     echo "Emulated: timings here are not Raspberry Pi timings."
     echo
-    cat "$WORK/$SUITE-pi-facts.txt"
+    cat "$WORK/$NAME-pi-facts.txt"
     echo
     echo "apt (scripts/demo.sh):"
     grep -E "^(Need to get|After this operation|[0-9]+ upgraded)" "$PI_LOG" | sed 's/^/  /' || echo "  (no apt step)"
@@ -197,4 +214,4 @@ X86_ALERTS="$(alerts "$X86_LOG")"
 if [ "$PI_RC" -ne 0 ]; then say "FAIL: the demo exited with $PI_RC on the emulated Pi (see $PI_LOG)"; exit 1; fi
 if [ -z "$PI_ALERTS" ]; then say "FAIL: no alert on the emulated Pi"; exit 1; fi
 if [ "$PI_ALERTS" != "$X86_ALERTS" ]; then say "FAIL: the alerts differ from $(uname -m)"; exit 1; fi
-say "PASS: $SUITE arm64 gives the same alerts as $(uname -m); results in $RESULT"
+say "PASS: $SUITE $ARCH gives the same alerts as $(uname -m); results in $RESULT"
