@@ -42,6 +42,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import socket
 import ssl
 import sys
@@ -180,8 +181,13 @@ def setup_problems(cfg: MqttConfig) -> list[str]:
     if not cfg.enabled:
         return []
     problems = []
+    outside_service = (cfg.password_file or "").startswith("credential:") and not os.environ.get(
+        "CREDENTIALS_DIRECTORY")
     try:
-        read_password(cfg)
+        if not outside_service:  # a systemd credential exists only inside the service (and its ExecStartPre)
+            read_password(cfg)
+        elif not cfg.username:
+            raise MqttSetupError("mqtt.password_file is set but mqtt.username is not: MQTT needs both")
     except MqttSetupError as exc:
         problems.append(str(exc))
     if cfg.tls is not None:
@@ -461,6 +467,13 @@ class MqttSink:
 
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason_code: Any,
                     properties: Any) -> None:
+        try:
+            self._handle_connect(client, reason_code)
+        except Exception as exc:  # noqa: BLE001 - an exception here would end paho's network thread
+            _LOGGER.exception("MQTT: setting up the connection failed")
+            self._emit_health("mqtt_error", f"setting up the connection failed: {exc}")
+
+    def _handle_connect(self, client: paho.Client, reason_code: Any) -> None:
         if reason_code.is_failure:
             hint = ""
             if str(reason_code) in ("Not authorized", "Bad user name or password"):
