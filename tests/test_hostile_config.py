@@ -19,7 +19,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge_monitor.config import (
-    MAX_YAML_VALUES, Config, ConfigError, load_config, mqtt_prefix, parse_config, topic_problem,
+    MAX_YAML_VALUES,
+    Config,
+    ConfigError,
+    load_config,
+    mqtt_prefix,
+    parse_config,
+    topic_problem,
 )
 
 REPO = Path(__file__).resolve().parents[1]

@@ -183,7 +183,7 @@ def test_sighup_with_a_bad_config_keeps_the_daemon_running_and_reports_it(tmp_pa
                                   good.replace("trigger_k: 3", f"trigger_k: 3\n  clear_threshold: {1e6}")], 1):
             config.write_text(text)
             daemon.proc.send_signal(signal.SIGHUP)
-            wait_until(lambda: len([m for m in collector.on(f"{prefix}/health")
+            wait_until(lambda n=n: len([m for m in collector.on(f"{prefix}/health")
                                     if m.json()["kind"] == "reload_failed"]) >= n, 30,
                        what=f"reload_failed health event #{n} (log: {daemon.log_text()[-1500:]})")
             assert daemon.running, daemon.log_text()
