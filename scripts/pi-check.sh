@@ -172,12 +172,9 @@ X86_RC=$?
 set -e
 
 # ---------------------------------------------------------------- compare
-alerts() {  # one line per alert: type, score (6 decimals), offset in the recording when printed
+alerts() {  # one line per alert: type, score, where it falls in the recording (recording_s) when printed
     python3 - "$1" <<'EOF'
-import json, re, sys
-offsets = [m.group(1) for m in re.finditer(r"alert (?:start|end)\b.*?at ([0-9.]+) s of the recording",
-                                            open(sys.argv[1], errors="replace").read())]
-rows = []
+import json, sys
 for line in open(sys.argv[1], errors="replace"):
     line = line.strip()
     if line.startswith("{"):
@@ -186,9 +183,8 @@ for line in open(sys.argv[1], errors="replace"):
         except ValueError:
             continue
         if obj.get("event") == "alert":
-            rows.append(f"{obj['type']} score {obj['score']:.6f}")
-for i, row in enumerate(rows):
-    print(row + (f" at {offsets[i]} s" if i < len(offsets) else ""))
+            at = f" at {obj['recording_s']:.3f} s of the recording" if "recording_s" in obj else ""
+            print(f"{obj['type']} score {obj['score']:.6f}{at}")
 EOF
 }
 PI_ALERTS="$(alerts "$PI_LOG")"
