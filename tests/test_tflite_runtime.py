@@ -69,7 +69,7 @@ SCORE_FILE_RTOL = 0.01
 @pytest.fixture(scope="module")
 def side_python() -> Path:
     """A venv made by ``pip install '<checkout>[tflite-runtime]'``: tflite-runtime 2.14 and ai-edge-litert, numpy<2."""
-    return venv_python("tflite", tflite_runtime_requirements())
+    return venv_python("tflite", tflite_runtime_requirements(), old_python=True)
 
 
 @pytest.fixture(scope="module")

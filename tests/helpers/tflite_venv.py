@@ -53,9 +53,9 @@ def required() -> bool:
     return bool(os.environ.get("CI") or os.environ.get("EDGE_MONITOR_REQUIRE_TFLITE_RUNTIME"))
 
 
-def _base_python() -> Optional[str]:
-    """A CPython <= 3.11 to build the venv with: this interpreter if old enough, else python3.11/3.10/3.9."""
-    if sys.version_info[:2] <= (3, 11):
+def _base_python(old_python: bool) -> Optional[str]:
+    """The interpreter to build a venv with; with ``old_python``, a CPython <= 3.11 (python3.11/3.10/3.9)."""
+    if not old_python or sys.version_info[:2] <= (3, 11):
         return sys.executable
     for name in ("python3.11", "python3.10", "python3.9"):
         found = shutil.which(name)
@@ -78,8 +78,10 @@ def _give_up(why: str) -> None:
     pytest.skip(f"side venv not available offline: {why}")
 
 
-def venv_python(name: str, requirements: list[str]) -> Path:
+def venv_python(name: str, requirements: list[str], *, old_python: bool = False) -> Path:
     """``<repo>/.venv-<name>``'s python with ``requirements`` installed, building the venv if needed.
+
+    ``old_python``: built with Python <= 3.11 (what tflite-runtime 2.14 needs).
 
     Reused while its recorded requirements (and, for a local path, that path's setup.cfg) are unchanged.
     Fails or skips as described in the module docstring.
@@ -96,7 +98,7 @@ def venv_python(name: str, requirements: list[str]) -> Path:
                 return python
         except (OSError, ValueError):
             pass
-        base = _base_python()
+        base = _base_python(old_python)
         if base is None:
             _give_up("tflite-runtime 2.14 needs Python <= 3.11 and none was found (python3.11, python3.10, "
                      "python3.9)")
