@@ -1,0 +1,247 @@
+"""Candidate detectors measured in numpy on the per-machine benchmark's groups and folds.
+
+    python -m benchmarks.detector_candidates --data ../shared/data/real [--yamnet ../shared/models/yamnet_int8]
+
+This is the screening step that chose the default ``frames`` method: the same machine IDs and
+folds as ``python -m edge_monitor.training.per_machine`` (leave one normal out at file level,
+a 70/30 time split at window level), but each candidate is a few lines of float64 numpy with no
+int8 conversion and no calibration, so many ideas can be compared in minutes. The winner was
+then built into ``edge-monitor train`` and re-measured through the product path.
+
+Every candidate produces window scores (one 32-frame window every 16 frames, 0.5 s), the file
+score is an aggregate of them (``mean`` as ``edge-monitor score``, or ``p90``/``max``), and the
+AUC is averaged over folds within an ID, then over IDs. Needs the ``[dev]`` extra (librosa,
+scikit-learn); the YAMNet rows also need its int8 model folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from edge_monitor.features import FeatureSpec, extract
+from edge_monitor.scoring import load_mono
+from edge_monitor.training.metrics import MetricsError, roc_auc
+from edge_monitor.training.per_machine import find_groups, folds
+
+WINDOW_FRAMES = 32
+HOP_FRAMES = 16
+AGGREGATES: dict[str, Callable[[np.ndarray], float]] = {
+    "mean": lambda w: float(np.mean(w)), "p90": lambda w: float(np.percentile(w, 90)),
+    "max": lambda w: float(np.max(w))}
+Scorer = Callable[[np.ndarray], np.ndarray]   # audio -> window scores
+Fitter = Callable[[list[np.ndarray]], Scorer]  # normal audios -> scorer
+
+
+# ---------------------------------------------------------------- features
+
+def logmel(audio: np.ndarray, n_mels: int) -> np.ndarray:
+    """``(frames, n_mels)`` dB log-mel, n_fft 1024, hop 512 (the product's extractor)."""
+    return extract(FeatureSpec(n_mels=n_mels), audio).astype(np.float64)
+
+
+def linear_db(audio: np.ndarray, pool: int = 2) -> np.ndarray:
+    """``(frames, 512 / pool)`` dB power spectrum on a linear frequency axis, n_fft 1024, hop 512."""
+    n = 1 + (audio.size - 1024) // 512
+    fr = np.lib.stride_tricks.as_strided(audio, (n, 1024), (audio.strides[0] * 512, audio.strides[0]))
+    power = np.abs(np.fft.rfft(fr * np.hanning(1025)[:-1], axis=1)) ** 2
+    power = power[:, 1:1 + (512 // pool) * pool].reshape(n, -1, pool).sum(axis=2)
+    return 10.0 * np.log10(np.maximum(power, 1e-10))
+
+
+def level_free(frames: np.ndarray) -> np.ndarray:
+    """Each frame less its mean over bands (a gain change is not a fault)."""
+    return frames - frames.mean(axis=1, keepdims=True)
+
+
+def window_stats(frames: np.ndarray, hop: int, remove_level: bool) -> np.ndarray:
+    """``(windows, 2 * bands)``: per-band mean (optionally less its level) and std over 32-frame windows."""
+    n = 1 + (frames.shape[0] - WINDOW_FRAMES) // hop
+    idx = np.arange(WINDOW_FRAMES)[None, :] + hop * np.arange(n)[:, None]
+    w = frames[idx]
+    mean = w.mean(axis=1)
+    if remove_level:
+        mean = mean - mean.mean(axis=1, keepdims=True)
+    return np.concatenate([mean, w.std(axis=1)], axis=1)
+
+
+# ---------------------------------------------------------------- distance models
+
+def ledoit_wolf(x: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """Mahalanobis distance under scikit-learn's Ledoit-Wolf covariance."""
+    from sklearn.covariance import LedoitWolf
+
+    est = LedoitWolf().fit(x)
+    mu, prec = est.location_, est.precision_
+    return lambda y: np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", y - mu, prec, y - mu), 0.0))
+
+
+def knn(x: np.ndarray, k: int = 1, whiten: bool = False) -> Callable[[np.ndarray], np.ndarray]:
+    """Mean distance to the k nearest normal vectors (z-scored, or Ledoit-Wolf whitened)."""
+    mu = x.mean(axis=0)
+    if whiten:
+        from sklearn.covariance import LedoitWolf
+
+        vals, vecs = np.linalg.eigh(LedoitWolf().fit(x).covariance_)
+        w = vecs / np.sqrt(np.maximum(vals, 1e-9))
+    else:
+        w = np.diag(1.0 / (x.std(axis=0) + 1e-3))
+    bank = (x[::2] - mu) @ w
+    bank_sq = (bank ** 2).sum(axis=1)
+
+    def dist(y: np.ndarray) -> np.ndarray:
+        z = (y - mu) @ w
+        d = np.sqrt(np.maximum((z ** 2).sum(axis=1)[:, None] - 2 * z @ bank.T + bank_sq[None, :], 0.0))
+        return np.sort(d, axis=1)[:, :k].mean(axis=1)
+    return dist
+
+
+def gmm(x: np.ndarray, components: int = 4) -> Callable[[np.ndarray], np.ndarray]:
+    """Negative log-likelihood under a diagonal Gaussian mixture."""
+    from sklearn.mixture import GaussianMixture
+
+    g = GaussianMixture(components, covariance_type="diag", reg_covar=1e-2, random_state=0).fit(x)
+    return lambda y: -g.score_samples(y)
+
+
+# ---------------------------------------------------------------- candidates
+
+def frame_model(feat: Callable[[np.ndarray], np.ndarray],
+                model: Callable[[np.ndarray], Callable[[np.ndarray], np.ndarray]]) -> Fitter:
+    """Per-frame distance, averaged over each window."""
+    def fit(normals: list[np.ndarray]) -> Scorer:
+        dist = model(np.concatenate([feat(a) for a in normals]))
+
+        def score(audio: np.ndarray) -> np.ndarray:
+            d = dist(feat(audio))
+            n = 1 + (d.size - WINDOW_FRAMES) // HOP_FRAMES
+            csum = np.concatenate([[0.0], np.cumsum(d)])
+            starts = np.arange(max(n, 0)) * HOP_FRAMES
+            return (csum[starts + WINDOW_FRAMES] - csum[starts]) / WINDOW_FRAMES
+        return score
+    return fit
+
+
+def window_model(feat: Callable[[np.ndarray, int], np.ndarray],
+                 model: Callable[[np.ndarray], Callable[[np.ndarray], np.ndarray]]) -> Fitter:
+    """Distance of whole-window statistics (training windows every 2 frames)."""
+    def fit(normals: list[np.ndarray]) -> Scorer:
+        dist = model(np.concatenate([feat(a, 2) for a in normals]))
+        return lambda audio: dist(feat(audio, HOP_FRAMES))
+    return fit
+
+
+def yamnet_model(folder: Path, model: Callable[[np.ndarray], Callable[[np.ndarray], np.ndarray]]) -> Fitter:
+    """YAMNet's 1024-d embedding (tensor 90) of 0.96 s patches every 0.24 s, then a distance model."""
+    import librosa
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    interp = Interpreter(model_path=str(folder / "yamnet_spectra_in.tflite"),
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+                         experimental_preserve_all_tensors=True)
+    interp.allocate_tensors()
+    inp = interp.get_input_details()[0]
+    emb = next(t for t in interp.get_tensor_details() if t["index"] == 90)
+    scale, zero = emb["quantization"]
+    mel = librosa.filters.mel(sr=16000, n_fft=512, n_mels=64, fmin=125, fmax=7500, htk=True, norm=None)
+    hann = np.hanning(401)[:-1]
+
+    def embed(audio: np.ndarray) -> np.ndarray:
+        n = 1 + (audio.size - 400) // 160
+        fr = np.lib.stride_tricks.as_strided(audio, (n, 400), (audio.strides[0] * 160, audio.strides[0]))
+        logm = np.log(np.abs(np.fft.rfft(fr * hann, 512, axis=1)) @ mel.T + 0.001).astype(np.float32)
+        out = []
+        for i in range(0, n - 96 + 1, 24):
+            interp.set_tensor(inp["index"], logm[None, i:i + 96])
+            interp.invoke()
+            out.append((interp.get_tensor(90).astype(np.float32).reshape(-1) - zero) * scale)
+        return np.array(out, dtype=np.float64)
+
+    def fit(normals: list[np.ndarray]) -> Scorer:
+        dist = model(np.concatenate([embed(a) for a in normals]))
+        return lambda audio: dist(embed(audio))
+    return fit
+
+
+def candidates(yamnet: Optional[Path]) -> dict[str, Fitter]:
+    """Every candidate by name. The first is the peer, the second the shipped default."""
+    c: dict[str, Fitter] = {
+        "peer: log-mel 128 frames, Ledoit-Wolf": frame_model(lambda a: logmel(a, 128), ledoit_wolf),
+        "frames (default): level-free log-mel 128 frames, Ledoit-Wolf": frame_model(
+            lambda a: level_free(logmel(a, 128)), ledoit_wolf),
+        "log-mel 64 frames, Ledoit-Wolf": frame_model(lambda a: logmel(a, 64), ledoit_wolf),
+        "log-mel 256 frames (finer frequency), Ledoit-Wolf": frame_model(lambda a: logmel(a, 256), ledoit_wolf),
+        "linear spectrum 256 bins, Ledoit-Wolf": frame_model(lambda a: linear_db(a, 2), ledoit_wolf),
+        "level-free 128 frames, kNN-5 memory bank (whitened)": frame_model(
+            lambda a: level_free(logmel(a, 128)), lambda x: knn(x, 5, whiten=True)),
+        "level-free 128 frames, GMM 4 diagonal": frame_model(lambda a: level_free(logmel(a, 128)), gmm),
+        "window mean+std 64, level-free, Ledoit-Wolf (like stats)": window_model(
+            lambda a, h: window_stats(logmel(a, 64), h, True), ledoit_wolf),
+        "window mean+std 128, kNN-1 memory bank": window_model(
+            lambda a, h: window_stats(logmel(a, 128), h, False), knn),
+    }
+    if yamnet is not None and (yamnet / "yamnet_spectra_in.tflite").exists():
+        c["YAMNet int8 embedding, Ledoit-Wolf"] = yamnet_model(yamnet, ledoit_wolf)
+    return c
+
+
+# ---------------------------------------------------------------- running
+
+def evaluate(fit: Fitter, group_folds: list[tuple[dict, list[dict]]]) -> dict[str, dict[str, Optional[float]]]:
+    """``{group name: {aggregate: mean fold AUC}}``."""
+    out: dict[str, dict[str, Optional[float]]] = {}
+    for group, fl in group_folds:
+        per_agg: dict[str, list[float]] = {a: [] for a in AGGREGATES}
+        for fold in fl:
+            scorer = fit([load_mono(p, 16000, 0) for p in fold["train"]])
+            scored = [(lab, scorer(load_mono(p, 16000, 0))) for p, lab in fold["test"]]
+            for agg, f in AGGREGATES.items():
+                if fold["level"] == "file":
+                    labels, values = [lab for lab, _ in scored], [f(w) for _, w in scored]
+                else:
+                    labels = [lab for lab, w in scored for _ in w]
+                    values = [float(v) for _, w in scored for v in w]
+                try:
+                    per_agg[agg].append(roc_auc(labels, values))
+                except MetricsError:
+                    pass
+        out[f"{group['set']} {group['name']}"] = {a: float(np.mean(v)) if v else None for a, v in per_agg.items()}
+    return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """CLI entry point: prints one Markdown row per candidate and aggregate."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--yamnet", type=Path, default=None, help="folder with yamnet_spectra_in.tflite (optional)")
+    p.add_argument("--only", default="", help="run only candidates whose name contains this text")
+    args = p.parse_args(argv)
+    groups = find_groups(args.data)
+    if not groups:
+        print(f"no machine IDs with normal and anomalous clips under {args.data}", file=sys.stderr)
+        return 2
+    sets = sorted({g["set"] for g in groups})
+    print("| candidate | file score | mean AUC, all IDs | " + " | ".join(sets) + " |")
+    print("|---|---|---" + "|---" * len(sets) + "|")
+    with tempfile.TemporaryDirectory() as tmp:
+        group_folds = [(g, folds(g, Path(tmp))) for g in groups]
+        for name, fit in candidates(args.yamnet).items():
+            if args.only and args.only not in name:
+                continue
+            res = evaluate(fit, group_folds)
+            for agg in AGGREGATES:
+                vals = {k: v[agg] for k, v in res.items() if v[agg] is not None}
+                by_set = [np.mean([v for k, v in vals.items() if k.startswith(s + " ")]) for s in sets]
+                print(f"| {name} | {agg} | {np.mean(list(vals.values())):.3f} | "
+                      + " | ".join(f"{v:.3f}" for v in by_set) + " |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
