@@ -163,13 +163,13 @@ class Machine:
             self._settings = settings
             self._settings_dirty = True
 
-    def settings_for(self, cfg: Config) -> DetectorSettings:
-        """The detector settings ``cfg`` asks for, with the threshold in force. ValueError when they are unusable."""
+    def settings_for(self, cfg: Config, runtime_threshold: Optional[float] = None) -> DetectorSettings:
+        """The detector settings ``cfg`` asks for, with a run-time threshold if any. ValueError when unusable."""
         settings = detector_settings(cfg, self.model_threshold)
-        if self.runtime_threshold is not None:
+        if runtime_threshold is not None:
             clear = settings.clear_threshold
-            settings = dataclasses.replace(settings, threshold=self.runtime_threshold,
-                                           clear_threshold=None if clear is not None and clear > self.runtime_threshold
+            settings = dataclasses.replace(settings, threshold=runtime_threshold,
+                                           clear_threshold=None if clear is not None and clear > runtime_threshold
                                            else clear)
         return settings
 
@@ -188,7 +188,7 @@ class Machine:
             return
         _LOGGER.info("%s: using the threshold %g set at run time (from %s)", self.id, saved, self.threshold_store.path)
         self.runtime_threshold = saved
-        settings = self.settings_for(self.cfg)
+        settings = self.settings_for(self.cfg, saved)
         self.pipeline.update_settings(settings)
         with self._settings_lock:
             self._settings = settings
@@ -221,23 +221,19 @@ class Machine:
         Raises ValueError (or ConfigError) when the settings cannot be applied; nothing changes then.
         """
         yaml_changed = new.detection.threshold != self.cfg.detection.threshold
-        runtime = self.runtime_threshold
-        if yaml_changed and runtime is not None:
-            self.runtime_threshold = None
-        try:
-            settings = self.settings_for(new)
-        except ValueError:
-            self.runtime_threshold = runtime
-            raise
+        restart = [k for k in changed_settings(self.cfg, new) if tuple(k.split(".")) not in RELOADABLE]
+        with self._settings_lock:  # against a threshold/set arriving at the same time on paho's thread
+            runtime = self.runtime_threshold
+            settings = self.settings_for(new, None if yaml_changed else runtime)  # ValueError: nothing changes
+            self._settings = settings
+            self._settings_dirty = True
+            if yaml_changed:
+                self.runtime_threshold = None
         if yaml_changed and runtime is not None:
             _LOGGER.info("%s: detection.threshold changed in the YAML; it replaces the threshold %g set at run time",
                          self.id, runtime)
             if self.threshold_store is not None:
                 self.threshold_store.clear()
-        restart = [k for k in changed_settings(self.cfg, new) if tuple(k.split(".")) not in RELOADABLE]
-        with self._settings_lock:
-            self._settings = settings
-            self._settings_dirty = True
         keep = {tuple(k.split(".")) for k in restart}
         detection = new.detection
         if ("detection", "window_hop_seconds") in keep:
