@@ -14,8 +14,8 @@
 #    emulator, not a Pi.
 # 3. Clones this repository's HEAD (PI_CHECK_REF to choose another commit) inside the root with its git
 #    and runs the README's demo command exactly as written: `bash scripts/demo.sh`.
-# 4. Runs the same demo from a clone on this (x86) machine, with the runtime the emulated Pi used
-#    (tflite-runtime for armhf), and compares the alerts: types, scores and offsets must match.
+# 4. Runs the same demo from a clone on this (x86) machine and compares the alerts: types, scores and
+#    offsets must match (on armhf, which runs tflite-runtime, scores within 1%).
 #
 # Results: $PI_CHECK_DIR/<suite>-result.txt (versions, venv size, apt download and disk size, demo
 # output). Timings under emulation are NOT Raspberry Pi timings; the script prints none.
@@ -170,19 +170,11 @@ set +e
 (cd "$X86" && bash scripts/demo.sh) >"$X86_LOG" 2>&1
 X86_RC=$?
 set -e
-# The reference runs the runtime the emulated Pi ran: ai-edge-litert's XNNPACK rounds int8 a little
-# differently from tflite-runtime (docs/raspberry-pi.md), so a 32-bit root is compared with tflite-runtime.
-REF_LOG="$X86_LOG"; REF_RC=$X86_RC; REF_WHAT="scripts/demo.sh, ai-edge-litert"
-if grep -q '^runtime: tflite_runtime' "$WORK/$NAME-pi-facts.txt"; then
-    say "the emulated Pi ran tflite-runtime: running the demo on $(uname -m) with it too"
-    REF_LOG="$WORK/$NAME-x86-tflite-demo.log"; REF_WHAT="the [tflite-runtime] extra, EDGE_MONITOR_TFLITE_BACKEND=tflite_runtime"
-    set +e
-    (cd "$X86" && { [ -x .venv-tflite-ref/bin/python ] || python3 -m venv .venv-tflite-ref; } &&
-        .venv-tflite-ref/bin/python -m pip install -q '.[tflite-runtime]' &&
-        EDGE_MONITOR_TFLITE_BACKEND=tflite_runtime .venv-tflite-ref/bin/edge-monitor run) >"$REF_LOG" 2>&1
-    REF_RC=$?
-    set -e
-fi
+# ai-edge-litert (x86 and arm64) gives the same scores everywhere; tflite-runtime on a 32-bit root differs
+# from it a little (its int8 kernels round differently from XNNPACK, and 32-bit numpy's features differ
+# in the last bits), so there the scores must agree within SCORE_RTOL and the offsets exactly.
+SCORE_RTOL=0
+grep -q '^runtime: tflite_runtime' "$WORK/$NAME-pi-facts.txt" && SCORE_RTOL=0.01
 
 # ---------------------------------------------------------------- compare
 alerts() {  # one line per alert: type, score, where it falls in the recording (recording_s) when printed
@@ -202,7 +194,20 @@ EOF
 }
 PI_ALERTS="$(alerts "$PI_LOG")"
 X86_ALERTS="$(alerts "$X86_LOG")"
-REF_ALERTS="$(alerts "$REF_LOG")"
+same_alerts() {  # same types and offsets, scores within SCORE_RTOL (0: identical)
+    python3 - "$1" "$2" "$SCORE_RTOL" <<'EOF'
+import sys
+a, b = (x.splitlines() for x in sys.argv[1:3])
+rtol = float(sys.argv[3])
+def parts(line):
+    kind, _, score, *rest = line.split()
+    return kind, float(score), " ".join(rest)
+ok = len(a) == len(b) and all(
+    pa[0] == pb[0] and pa[2] == pb[2] and abs(pa[1] - pb[1]) <= rtol * abs(pb[1])
+    for pa, pb in (map(parts, pair) for pair in zip(a, b)))
+sys.exit(0 if ok else 1)
+EOF
+}
 {
     echo "edge-monitor pi-check: $SUITE $ARCH under qemu-user ($("/usr/bin/$QEMU-static" --version | head -n1)),"
     echo "QEMU_CPU=$CPU, Pi-style /proc/cpuinfo; commit $REF; $(date -u +%Y-%m-%dT%H:%MZ)"
@@ -217,14 +222,14 @@ REF_ALERTS="$(alerts "$REF_LOG")"
     grep -E "^(INFO|WARNING|ERROR|CRITICAL|\{|edge-monitor)" "$PI_LOG" | tail -n 25 | sed 's/^/  /'
     echo
     echo "alerts on the emulated Pi:"; echo "${PI_ALERTS:-  (none)}" | sed 's/^/  /'
-    echo "alerts on $(uname -m), $REF_WHAT (exit $REF_RC):"; echo "${REF_ALERTS:-  (none)}" | sed 's/^/  /'
-    if [ "$REF_LOG" != "$X86_LOG" ]; then
-        echo "alerts on $(uname -m), scripts/demo.sh, ai-edge-litert (exit $X86_RC), for comparison:"
-        echo "${X86_ALERTS:-  (none)}" | sed 's/^/  /'
-    fi
+    echo "alerts on $(uname -m), ai-edge-litert (exit $X86_RC):"; echo "${X86_ALERTS:-  (none)}" | sed 's/^/  /'
+    [ "$SCORE_RTOL" = 0 ] && echo "required: the same alerts" ||
+        echo "required: the same alert types and offsets, scores within a relative $SCORE_RTOL (tflite-runtime)"
 } | tee "$RESULT"
 
 if [ "$PI_RC" -ne 0 ]; then say "FAIL: the demo exited with $PI_RC on the emulated Pi (see $PI_LOG)"; exit 1; fi
 if [ -z "$PI_ALERTS" ]; then say "FAIL: no alert on the emulated Pi"; exit 1; fi
-if [ "$PI_ALERTS" != "$REF_ALERTS" ]; then say "FAIL: the alerts differ from $(uname -m)"; exit 1; fi
+if [ "$X86_RC" -ne 0 ] || ! same_alerts "$PI_ALERTS" "$X86_ALERTS"; then
+    say "FAIL: the alerts differ from $(uname -m)"; exit 1
+fi
 say "PASS: $SUITE $ARCH gives the same alerts as $(uname -m); results in $RESULT"
