@@ -460,7 +460,7 @@ def _fit(method: str, train_clips: list[_Clip], base_spec: FeatureSpec, epochs: 
         "kind": trained.kind,
         "feature_spec": spec.to_dict(),
         "input_shape": [1, spec.frames_per_window, spec.n_features],
-        "threshold": 0.0,
+        "threshold": 1.0,  # placeholder until calibration (a bundle needs a positive threshold)
     }
     if trained.kind == "autoencoder":
         meta["score"] = {"type": "mse"}
