@@ -130,6 +130,8 @@ class MqttConfig:
     connect_timeout_seconds: float = _f(10.0, help="Time a connection attempt may take, TLS handshake and CONNACK "
                                         "included, before it is reported and retried (seconds)", lo=1.0, hi=300.0)
     telemetry_seconds: float = _f(60.0, help="Interval between telemetry messages (seconds)", lo=1.0, hi=86400.0)
+    score_seconds: float = _f(5.0, help="Shortest interval between messages on <prefix>/score (seconds); "
+                              "sent only while the score changes", lo=0.5, hi=86400.0)
     tls: Optional[TlsConfig] = _f(None, help="TLS settings; omit for plain TCP")
     homeassistant: HomeAssistantConfig = _f(factory=HomeAssistantConfig, help="Home Assistant discovery")
     outbox_path: Optional[str] = _f(None, help="SQLite outbox file (default <state_dir>/outbox-<machine>.sqlite)")

@@ -47,7 +47,7 @@ from edge_monitor import sdnotify
 from edge_monitor.config import Config, ConfigError, check_against_model, load_config
 from edge_monitor.detector import DetectorSettings
 from edge_monitor.episodes import EpisodeStore, restart_end
-from edge_monitor.events import AlertEvent, Event, HealthEvent, ScoreEvent, StateEvent
+from edge_monitor.events import AlertEvent, ClipEvent, Event, HealthEvent, ScoreEvent, StateEvent
 from edge_monitor.model import ModelBundle, ModelError, load_model
 from edge_monitor.pipeline import Pipeline, detector_settings
 from edge_monitor.sinks.console import ConsoleSink
@@ -323,6 +323,9 @@ class Machine:
                         _LOGGER.warning("%s: cannot drive the alarm output: %s", self.id, exc)
             elif isinstance(event, HealthEvent):
                 _LOGGER.info("%s: health %s %s", self.id, event.kind, event.detail)
+            elif isinstance(event, ClipEvent):
+                _LOGGER.info("%s: clip %s complete (%.1f s, %d bytes)", self.id, event.path, event.duration_s,
+                             event.size_bytes)
             for sink in self.sinks:
                 try:
                     sink.handle(event)
@@ -602,15 +605,17 @@ class Daemon:
         if console is not None:
             sinks.append(console)
         clips = None
+        clips_dir = Path(cfg.clips.dir) if cfg.clips.dir else state_dir / "clips"
         if cfg.clips.enabled:
             from edge_monitor.sinks.clips import ClipRecorder
-            clips_dir = Path(cfg.clips.dir) if cfg.clips.dir else state_dir / "clips"
             clips = ClipRecorder(cfg.clips, clips_dir, cfg.machine.id, runner.bundle.spec.sample_rate,
                                  trigger_lookback_seconds=cfg.detection.trigger_n * cfg.detection.window_hop_seconds
                                  + runner.bundle.spec.window_seconds + 1.0)
         machine = Machine(cfg, pipeline, sinks, clips, ThresholdStore(state_dir, cfg.machine.id),
                           EpisodeStore(state_dir, cfg.machine.id))
         machine.restore_threshold()
+        if clips is not None:  # a complete clip is announced like any other event (MQTT: <prefix>/clip)
+            clips.on_written = lambda event: machine.deliver([event])
         if console is not None:
             console.recording_offset = machine.recording_offset_s
         if cfg.mqtt.enabled:
@@ -618,7 +623,8 @@ class Daemon:
             _make_private_dir(state_dir)
             sink = MqttSink(cfg.mqtt, cfg.machine, state_dir, runner.bundle.ident, machine.settings.threshold,
                             on_threshold_set=machine.set_threshold, persist_threshold=False,
-                            on_health=lambda event: machine.deliver([event]))
+                            on_health=lambda event: machine.deliver([event]),
+                            clips_dir=clips_dir if clips is not None else None)
             sinks.append(sink)
             machine.threshold_listeners.append(sink.show_threshold)
             self.mqtt[cfg.machine.id] = sink

@@ -144,4 +144,28 @@ class ScoreEvent:
         return payload
 
 
-Event = Union[AlertEvent, HealthEvent, StateEvent, ScoreEvent]
+@dataclasses.dataclass(frozen=True)
+class ClipEvent:
+    """An evidence clip is complete on disk (written, fsynced and renamed): announce it."""
+
+    id: str               # the clip's id: its file name without ``.wav``
+    alert_id: str         # the ``start`` alert the clip belongs to
+    episode: str
+    machine: str
+    path: str             # where it lies on the gateway
+    at_s: float           # UNIX time (s) the file was complete
+    duration_s: float     # audio length (s)
+    sample_rate_hz: int
+    size_bytes: int       # the WAV file's size
+    sha256: str           # hex digest of the whole file
+    started_at_s: float   # UNIX time (s) of the clip's first sample
+
+    def to_payload(self) -> dict[str, Any]:
+        """The JSON object published on ``<prefix>/clip``."""
+        return {"id": self.id, "alert_id": self.alert_id, "episode": self.episode, "machine": self.machine,
+                "path": self.path, "at": utc_iso(self.at_s), "started_at": utc_iso(self.started_at_s),
+                "duration_s": round(self.duration_s, 3), "sample_rate_hz": self.sample_rate_hz,
+                "size_bytes": self.size_bytes, "sha256": self.sha256}
+
+
+Event = Union[AlertEvent, HealthEvent, StateEvent, ScoreEvent, ClipEvent]

@@ -144,8 +144,8 @@ def test_homeassistant_discovery_and_reannounce(mosquitto: Mosquitto, tmp_path: 
                                                 sinks: list[MqttSink]) -> None:
     watcher = Collector(mosquitto, ["homeassistant/#"])
     sink = new_sink(sinks, mosquitto, tmp_path / "state")
-    configs = watcher.wait_count("homeassistant/binary_sensor/edge_monitor_hall_fan_1/anomaly/config", 1)
-    score_topic = "homeassistant/sensor/edge_monitor_hall_fan_1/score/config"
+    configs = watcher.wait_count("homeassistant/binary_sensor/edge-monitor_hall__fan-1/anomaly/config", 1)
+    score_topic = "homeassistant/sensor/edge-monitor_hall__fan-1/score/config"
     watcher.wait_count(score_topic, 1)
     binary = configs[0].json()
     score = watcher.on(score_topic)[0].json()
@@ -159,8 +159,11 @@ def test_homeassistant_discovery_and_reannounce(mosquitto: Mosquitto, tmp_path: 
     assert binary["device_class"] == "problem"
     assert binary["state_topic"] == f"{PREFIX}/state"
     assert binary["unique_id"] != score["unique_id"]
-    assert score["state_topic"] == f"{PREFIX}/telemetry" and "score_last" in score["value_template"]
+    assert score["state_topic"] == f"{PREFIX}/score" and score["json_attributes_topic"] == f"{PREFIX}/telemetry"
     assert read_retained(mosquitto, score_topic) is not None, "discovery config must be retained"
+    # the entities of earlier versions (node id edge_monitor_<site>_<machine>) are removed
+    legacy = watcher.wait_count("homeassistant/binary_sensor/edge_monitor_hall_fan_1/anomaly/config", 1)
+    assert legacy[0].payload == b"" and legacy[0].retain is False  # a live subscriber sees retain=0
 
     before = len(watcher.on(score_topic))
     watcher.client.publish("homeassistant/status", "online", qos=1)

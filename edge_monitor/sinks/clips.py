@@ -18,6 +18,11 @@ umask: they are recordings of the factory floor. After each write the oldest cli
 deleted until both ``max_count`` and ``max_total_mb`` hold. A full, missing or
 read-only folder never stops alerting: ``start_clip`` returns None, failures are
 counted in ``stats()`` and logged once per kind of failure.
+
+When a clip is complete on disk (renamed into place), ``on_written`` receives a
+``ClipEvent`` (id, alert id, duration, size, sha256), after the recorder's lock is
+released, on the thread that completed it (the pipeline thread, or the one calling
+``flush``/``close``).
 """
 
 from __future__ import annotations
@@ -25,19 +30,22 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import errno
+import hashlib
+import io
 import logging
 import os
 import re
 import threading
+import time
 import uuid
 import wave
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
 from edge_monitor.config import ClipsConfig
-from edge_monitor.events import AlertEvent
+from edge_monitor.events import AlertEvent, ClipEvent
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -60,14 +68,20 @@ class _PendingClip:
     start_index: int
     stop_index: int
     filled_until_index: int
+    alert_id: str = ""
+    episode: str = ""
+    start_t_s: float = 0.0  # UNIX time (s) of the clip's first sample
 
 
 class ClipRecorder:
     """Keeps recent audio and writes a WAV around each alert start."""
 
     def __init__(self, cfg: ClipsConfig, clips_dir: Path, machine_id: str, sample_rate_hz: int, *,
-                 trigger_lookback_seconds: float = 10.0) -> None:
+                 trigger_lookback_seconds: float = 10.0,
+                 on_written: Optional[Callable[[ClipEvent], None]] = None) -> None:
         """Preallocate the ring; nothing touches the disk until the first clip.
+
+        ``on_written`` is told about every clip once it is complete on disk.
 
         ``trigger_lookback_seconds`` is how far in the past an alert's
         ``started_at_s`` may lie (the detector's k-of-n delay) and still be
@@ -79,6 +93,7 @@ class ClipRecorder:
         self._dir = Path(clips_dir)
         self._sample_rate_hz = int(sample_rate_hz)
         self._machine = re.sub(r"[^A-Za-z0-9_-]", "_", machine_id) or "machine"
+        self._machine_id = machine_id
         self._name_re = re.compile(rf"^{re.escape(self._machine)}-\d{{8}}T\d{{6}}Z-[0-9A-Za-z]{{1,8}}\.wav$")
         self._pre_samples = int(round(cfg.pre_seconds * sample_rate_hz))
         self._post_samples = int(round(cfg.post_seconds * sample_rate_hz))
@@ -94,6 +109,8 @@ class ClipRecorder:
         self._failing = False
         self._counts = {"clips_written": 0, "clips_failed": 0, "clips_deleted": 0, "clips_skipped": 0}
         self._stale_temp_files_removed = False
+        self.on_written = on_written  # settable: the daemon wires it after building the machine
+        self._written: list[ClipEvent] = []  # complete clips not yet announced (guarded by _lock)
 
     # ---- audio in -------------------------------------------------------
 
@@ -113,6 +130,7 @@ class ClipRecorder:
             self._anchor_index = start_index
             if self._pending:
                 self._feed_pending(block, start_index)
+        self._announce()
 
     def _write_ring(self, block: np.ndarray) -> None:
         """Copy a block into the ring (only its tail if it is longer than the ring)."""
@@ -186,11 +204,13 @@ class ClipRecorder:
                 self._counts["clips_failed"] += 1
                 return None
             clip = self._begin(path, self._trigger_index(alert.started_at_s))
+            clip.alert_id, clip.episode = alert.id, alert.episode
             if clip.filled_until_index >= clip.stop_index:
                 self._write_clip(clip)
             else:
                 self._pending.append(clip)
-            return str(path)
+        self._announce()
+        return str(path)
 
     def _clip_name(self, alert: AlertEvent) -> str:
         """``<machine>-<YYYYmmddTHHMMSSZ>-<first 8 id characters>.wav`` for an alert."""
@@ -216,9 +236,16 @@ class ClipRecorder:
         stop_index = trigger_index + self._post_samples
         clip = _PendingClip(path=path, buffer=np.zeros(stop_index - start_index, dtype=np.float32),
                             start_index=start_index, stop_index=stop_index,
-                            filled_until_index=min(self._end_index, stop_index))
+                            filled_until_index=min(self._end_index, stop_index),
+                            start_t_s=self._time_of(start_index))
         self._read_ring(start_index, clip.filled_until_index, clip.buffer)
         return clip
+
+    def _time_of(self, index: int) -> float:
+        """UNIX time (s) of sample ``index`` (from the latest block's time stamp)."""
+        if self._anchor_t_s is None:
+            return time.time()
+        return self._anchor_t_s + (index - self._anchor_index) / self._sample_rate_hz
 
     def flush(self) -> None:
         """Write every pending clip now, with the audio that has arrived so far."""
@@ -228,6 +255,21 @@ class ClipRecorder:
                 clip.buffer = clip.buffer[:clip.filled_until_index - clip.start_index]
                 clip.stop_index = clip.filled_until_index
                 self._write_clip(clip)
+        self._announce()
+
+    def _announce(self) -> None:
+        """Hand complete clips to ``on_written`` (outside the lock); a failing listener is logged."""
+        if not self._written:
+            return
+        with self._lock:
+            written, self._written = self._written, []
+        for event in written:
+            if self.on_written is None:
+                continue
+            try:
+                self.on_written(event)
+            except Exception:  # noqa: BLE001 - announcing must never stop the recorder
+                _LOGGER.exception("announcing clip %s failed", event.path)
 
     def close(self) -> None:
         """Write pending clips with what exists and stop accepting audio. Safe to call twice."""
@@ -295,15 +337,18 @@ class ClipRecorder:
         temp_path = clip.path.with_name(f".{clip.path.name}.tmp")
         samples = np.nan_to_num(clip.buffer, nan=0.0, posinf=1.0, neginf=-1.0)
         pcm = np.clip(np.rint(samples * _INT16_SCALE), -32768, 32767).astype("<i2")
+        memory = io.BytesIO()
+        with wave.open(memory, "wb") as wav:
+            wav.setnchannels(1)
+            wav.setsampwidth(2)
+            wav.setframerate(self._sample_rate_hz)
+            wav.writeframes(pcm.tobytes())
+        data = memory.getvalue()
         try:
             fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, CLIP_FILE_MODE)
             os.fchmod(fd, CLIP_FILE_MODE)
             with os.fdopen(fd, "wb") as stream:
-                with wave.open(stream, "wb") as wav:
-                    wav.setnchannels(1)
-                    wav.setsampwidth(2)
-                    wav.setframerate(self._sample_rate_hz)
-                    wav.writeframes(pcm.tobytes())
+                stream.write(data)
                 stream.flush()
                 os.fsync(stream.fileno())
             os.replace(temp_path, clip.path)
@@ -316,6 +361,11 @@ class ClipRecorder:
                 pass
             return
         self._counts["clips_written"] += 1
+        self._written.append(ClipEvent(
+            id=clip.path.stem, alert_id=clip.alert_id, episode=clip.episode, machine=self._machine_id,
+            path=str(clip.path), at_s=time.time(), duration_s=pcm.shape[0] / self._sample_rate_hz,
+            sample_rate_hz=self._sample_rate_hz, size_bytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
+            started_at_s=clip.start_t_s))
         if self._failing:
             _LOGGER.info("clips are being written to %s again", self._dir)
             self._failing = False

@@ -6,7 +6,7 @@ import json
 import sys
 from typing import IO, Callable, Optional
 
-from edge_monitor.events import AlertEvent, Event, HealthEvent, ScoreEvent, StateEvent
+from edge_monitor.events import AlertEvent, ClipEvent, Event, HealthEvent, ScoreEvent, StateEvent
 
 
 def event_to_json(event: Event) -> Optional[dict]:
@@ -17,6 +17,8 @@ def event_to_json(event: Event) -> Optional[dict]:
         return {"event": "state", **event.to_payload()}
     if isinstance(event, HealthEvent):
         return {"event": "health", **event.to_payload()}
+    if isinstance(event, ClipEvent):
+        return {"event": "clip", **event.to_payload()}
     if isinstance(event, ScoreEvent):
         return None
     return None

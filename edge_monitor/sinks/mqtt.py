@@ -11,6 +11,10 @@ has payload examples):
 - ``<prefix>/threshold/set``    (subscribed) a new threshold, as a plain number
 - ``<prefix>/threshold/state``  retained current threshold, as a plain number
 - ``<prefix>/threshold/error``  JSON describing a rejected ``threshold/set``
+- ``<prefix>/score``            the latest window score, a plain number, at most every ``score_seconds``
+- ``<prefix>/clip``             QoS 1 JSON announcing a complete evidence clip (id, alert id, size, sha256)
+- ``<prefix>/clip/get``         (subscribed) a clip id; answered on ``<prefix>/clip/data/<id>`` (the WAV
+                                bytes, QoS 1) or ``<prefix>/clip/error`` (JSON)
 
 Delivery of alerts: ``handle`` commits each alert to the SQLite outbox and
 returns; a small pump hands pending alerts to paho, oldest first, with at
@@ -43,6 +47,7 @@ import json
 import logging
 import math
 import os
+import re
 import socket
 import ssl
 import sys
@@ -55,7 +60,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from edge_monitor.config import MachineConfig, MqttConfig, TlsConfig, topic_problem
-from edge_monitor.events import AlertEvent, Event, HealthEvent, ScoreEvent, StateEvent, utc_iso
+from edge_monitor.events import AlertEvent, ClipEvent, Event, HealthEvent, ScoreEvent, StateEvent, utc_iso
 from edge_monitor.secrets import SecretError, read_secret, secret_path
 from edge_monitor.sinks import homeassistant
 from edge_monitor.sinks.outbox import Outbox
@@ -127,6 +132,34 @@ class Topics:
     def health(self) -> str:
         """Health events as JSON."""
         return f"{self.prefix}/health"
+
+    @property
+    def score(self) -> str:
+        """The latest score as a plain number."""
+        return f"{self.prefix}/score"
+
+    @property
+    def clip(self) -> str:
+        """Announcements of complete clips (JSON)."""
+        return f"{self.prefix}/clip"
+
+    @property
+    def clip_get(self) -> str:
+        """Subscribed: requests for a clip's bytes (payload: the clip id)."""
+        return f"{self.prefix}/clip/get"
+
+    def clip_data(self, clip_id: str) -> str:
+        """The answer to a ``clip/get``: the WAV file's bytes."""
+        return f"{self.prefix}/clip/data/{clip_id}"
+
+    @property
+    def clip_error(self) -> str:
+        """A ``clip/get`` that cannot be answered (JSON)."""
+        return f"{self.prefix}/clip/error"
+
+
+CLIP_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}-[0-9]{8}T[0-9]{6}Z-[0-9A-Za-z]{1,8}$")
+"""A clip id as ``ClipRecorder`` names clips (file name without ``.wav``); nothing else is ever read."""
 
 
 def default_prefix(machine: MachineConfig) -> str:
@@ -212,7 +245,8 @@ class MqttSink:
                  client_factory: Optional[Callable[[str], paho.Client]] = None, *,
                  reconnect_min_seconds: float = 1.0, reconnect_max_seconds: float = 30.0,
                  inflight_window: int = INFLIGHT_WINDOW, persist_threshold: bool = True,
-                 on_health: Optional[Callable[[HealthEvent], None]] = None) -> None:
+                 on_health: Optional[Callable[[HealthEvent], None]] = None,
+                 clips_dir: Optional[Path] = None) -> None:
         """Prepare the client and open the outbox; nothing touches the network before ``start()``.
 
         ``on_threshold_set(value)`` applies a ``threshold/set`` value; it may raise to
@@ -220,6 +254,7 @@ class MqttSink:
         ``persist_threshold`` the sink saves accepted values itself; the daemon
         passes False because the machine owns (and saves) its threshold.
         ``on_health`` receives the sink's ``mqtt_error``/``mqtt_ok`` events.
+        ``clips_dir`` is where ``clip/get`` requests are served from (None: they are refused).
 
         Raises MqttSetupError for settings that can never work (password
         file, TLS files, prefix) and OutboxError if the outbox is in use.
@@ -277,6 +312,9 @@ class MqttSink:
         self._state_lock = threading.Lock()  # orders retained state publishes across threads
         self._state: Optional[str] = None
         self._last_score: Optional[float] = None
+        self._score_sent_at_s: Optional[float] = None  # event time (s) of the last score message
+        self._score_text: Optional[str] = None
+        self._clips_dir = Path(clips_dir) if clips_dir is not None else None
         self._health_counts: collections.Counter[str] = collections.Counter()
         self._last_health: Optional[dict[str, Any]] = None
 
@@ -387,6 +425,25 @@ class MqttSink:
                                      retain=False)
         elif isinstance(event, ScoreEvent):
             self._last_score = float(event.score)
+            self._publish_score(event)
+        elif isinstance(event, ClipEvent):
+            if not self._closed:  # QoS 1: paho keeps it across a lost connection, not across a restart
+                self._client.publish(self.topics.clip, json.dumps(event.to_payload(), separators=(",", ":")),
+                                     qos=1, retain=False)
+
+    def _publish_score(self, event: ScoreEvent) -> None:
+        """Send the score on ``<prefix>/score`` if ``score_seconds`` have passed and the value changed."""
+        score = float(event.score)
+        if not math.isfinite(score) or self._closed or not self._client.is_connected():
+            return
+        if self._score_sent_at_s is not None and event.at_s - self._score_sent_at_s < self._cfg.score_seconds:
+            return
+        text = format(score, ".6g")
+        if text == self._score_text:
+            return
+        self._score_text = text
+        self._score_sent_at_s = event.at_s
+        self._client.publish(self.topics.score, text, qos=0, retain=False)
 
     def _handle_alert(self, event: AlertEvent) -> None:
         payload = json.dumps(event.to_payload(), separators=(",", ":"))
@@ -504,7 +561,7 @@ class MqttSink:
             if self._state is not None:
                 client.publish(self.topics.state, self._state, qos=0, retain=True)
             client.publish(self.topics.threshold_state, repr(self._threshold), qos=0, retain=True)
-        subscriptions = [(self.topics.threshold_set, 1)]
+        subscriptions = [(self.topics.threshold_set, 1), (self.topics.clip_get, 1)]
         if self._cfg.homeassistant.enabled:
             subscriptions.append((f"{self._cfg.homeassistant.discovery_prefix}/status", 1))
             self._announce_discovery()
@@ -588,6 +645,8 @@ class MqttSink:
         try:
             if message.topic == self.topics.threshold_set:
                 self._on_threshold_message(message.payload)
+            elif message.topic == self.topics.clip_get:
+                self._on_clip_request(message.payload)
             elif (self._cfg.homeassistant.enabled
                   and message.topic == f"{self._cfg.homeassistant.discovery_prefix}/status"
                   and message.payload.strip() == b"online"):
@@ -623,9 +682,38 @@ class MqttSink:
     # ---------------------------------------------------------------- features
 
     def _announce_discovery(self) -> None:
-        for topic, config in homeassistant.discovery_messages(self._cfg.homeassistant, self._machine,
-                                                              self.topics.prefix, self._model_name):
+        ha = self._cfg.homeassistant
+        for topic in homeassistant.legacy_topics(ha, self._machine):  # entities of versions before the new ids
+            self._client.publish(topic, b"", qos=0, retain=True)
+        for topic, config in homeassistant.discovery_messages(ha, self._machine, self.topics.prefix,
+                                                              self._model_name):
             self._client.publish(topic, json.dumps(config, separators=(",", ":")), qos=0, retain=True)
+
+    def _on_clip_request(self, payload: bytes) -> None:
+        """``clip/get``: send the clip's bytes on ``clip/data/<id>``, or say why not on ``clip/error``."""
+        clip_id = payload[:80].decode("utf-8", errors="replace").strip()
+        problem = ""
+        data = b""
+        if not clip_id:
+            return  # an empty message clears a retained request
+        if not CLIP_ID.fullmatch(clip_id):
+            problem = "not a clip id (expected <machine>-<YYYYmmddTHHMMSSZ>-<alert id prefix>)"
+        elif self._clips_dir is None:
+            problem = "this monitor saves no clips (clips.enabled is false)"
+        else:
+            try:
+                data = (self._clips_dir / f"{clip_id}.wav").read_bytes()
+            except FileNotFoundError:
+                problem = "no such clip (never written, or deleted by clips.max_count / max_total_mb)"
+            except OSError as exc:
+                problem = f"cannot read the clip: {exc.strerror or exc}"
+        if problem:
+            _LOGGER.warning("MQTT: clip/get %r refused: %s", clip_id, problem)
+            body = {"error": problem, "id": clip_id, "at": utc_iso(time.time())}
+            self._client.publish(self.topics.clip_error, json.dumps(body), qos=1, retain=False)
+            return
+        _LOGGER.info("MQTT: sending clip %s (%d bytes)", clip_id, len(data))
+        self._client.publish(self.topics.clip_data(clip_id), data, qos=1, retain=False)
 
     def _on_threshold_message(self, payload: bytes) -> None:
         if not payload:
