@@ -186,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mqtt", default=None, metavar="HOST[:PORT]",
                    help="publish to this MQTT broker (overrides mqtt.enabled/host/port in the config)")
     s.add_argument("--print-events", action="store_true", help="also print events as JSON lines on stdout")
+    s.add_argument("--demo-live", action="store_true",
+                   help="play the bundled demo recording (synthetic) at real-time pace on a loop, until stopped; "
+                        "with --mqtt, watch it in Home Assistant")
     s.add_argument("--max-seconds", type=positive_float, default=None,
                    help="stop after this long (seconds; for tests)")
     s.set_defaults(func=cmd_run)

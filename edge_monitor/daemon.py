@@ -60,6 +60,8 @@ _LOGGER = logging.getLogger(__name__)
 
 DEMO_DIR = Path(__file__).resolve().parent / "demo"
 DEMO_CONFIG = DEMO_DIR / "demo.yaml"
+DEMO_LIVE_CONFIG = DEMO_DIR / "demo-live.yaml"
+"""The demo at real-time pace on a loop, to watch in Home Assistant (``run --demo-live``)."""
 TELEMETRY_CHECK_SECONDS = 0.5
 
 
@@ -756,9 +758,13 @@ class Daemon:
 
 def run_daemon(args: argparse.Namespace) -> int:
     """CLI entry for ``run``: 0 clean stop, 1 runtime failure, 2 bad config or model."""
-    paths = args.config or [str(DEMO_CONFIG)]
+    demo = DEMO_LIVE_CONFIG if getattr(args, "demo_live", False) else DEMO_CONFIG
+    if args.config and demo is DEMO_LIVE_CONFIG:
+        print("edge-monitor: --demo-live runs the bundled demo recording; it takes no --config", file=sys.stderr)
+        return 2
+    paths = args.config or [str(demo)]
     if not args.config:
-        _LOGGER.info("no --config given: running the bundled demo (%s)", DEMO_CONFIG)
+        _LOGGER.info("no --config given: running the bundled demo (%s)", demo)
     mqtt_spec = getattr(args, "mqtt", None)
     if mqtt_spec is not None:
         try:
