@@ -125,6 +125,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_daemon(args)
 
 
+def cmd_forget(args: argparse.Namespace) -> int:
+    """Remove a retired machine's retained topics (Home Assistant discovery included) from the broker."""
+    from edge_monitor.forget import run_forget
+    return run_forget(args)
+
+
 def cmd_devices(args: argparse.Namespace) -> int:
     """List audio inputs and serial ports."""
     try:
@@ -197,6 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("config")
     s.add_argument("--skip-model", action="store_true", help="don't load the model")
     s.set_defaults(func=cmd_check_config)
+
+    s = sub.add_parser("forget", help="remove a retired machine from the broker and Home Assistant "
+                                      "(clears its retained discovery and state topics)")
+    from edge_monitor.forget import add_forget_arguments
+    add_forget_arguments(s)
+    s.set_defaults(func=cmd_forget)
 
     s = sub.add_parser("devices", help="list audio inputs and serial ports")
     s.add_argument("--json", action="store_true")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge_monitor.config import ClipsConfig, HomeAssistantConfig, MachineConfig, MqttConfig
-from edge_monitor.events import AlertEvent, ScoreEvent
+from edge_monitor.events import AlertEvent, ScoreEvent, StateEvent
 from edge_monitor.sinks import homeassistant
 from edge_monitor.sinks.clips import ClipRecorder
 from edge_monitor.sinks.mqtt import MqttSink
@@ -192,3 +194,67 @@ def test_a_complete_clip_is_announced_and_can_be_fetched(mosquitto: Mosquitto, t
     assert reasons[2].startswith("not a clip id")
     assert [m.topic for m in watcher.messages if m.topic.startswith(f"{PREFIX}/clip/data/")] == \
         [f"{PREFIX}/clip/data/{body['id']}"]
+
+
+@pytest.mark.timeout(60)
+def test_turning_discovery_off_removes_the_entities(mosquitto: Mosquitto, tmp_path: Path,
+                                                    sinks: list[MqttSink]) -> None:
+    from tests.helpers.broker import read_retained
+    score_config = homeassistant.config_topic(HA, "sensor", homeassistant.node_id(MACHINE), "score")
+    sink = start_sink(sinks, mosquitto, tmp_path / "state")
+    wait_until(lambda: read_retained(mosquitto, score_config), what="the retained discovery config")
+    sink.close(timeout_s=2)
+    cfg = MqttConfig(enabled=True, host=mosquitto.host, port=mosquitto.port, keepalive_seconds=5,
+                     homeassistant=HomeAssistantConfig(enabled=False))
+    off = MqttSink(cfg, MACHINE, tmp_path / "state", "fan-ae", 1.5, reconnect_max_seconds=2)
+    sinks.append(off)
+    off.start()
+    wait_until(lambda: off.is_connected, what="the sink to connect")
+    wait_until(lambda: read_retained(mosquitto, score_config) is None, what="the discovery config to be cleared")
+
+
+def _forget(config: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edge_monitor", "forget", "--config", str(config), *args],
+                          capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[1])
+
+
+@pytest.mark.timeout(120)
+def test_forget_clears_the_retained_discovery_and_state_topics(mosquitto: Mosquitto, tmp_path: Path,
+                                                              sinks: list[MqttSink]) -> None:
+    from tests.helpers.broker import read_retained
+    from tests.helpers.daemon import write_config
+    config = write_config(tmp_path, machine_id="fan-1", mqtt={"host": mosquitto.host, "port": mosquitto.port,
+                                                              "prefix": None, "homeassistant": {"enabled": True}})
+    text = config.read_text().replace("site: e2e", "site: hall")
+    config.write_text(text)
+    legacy = homeassistant.legacy_topics(HA, MACHINE)[0]
+    mosquitto_pub = Collector(mosquitto, ["unused/topic"])
+    mosquitto_pub.client.publish(legacy, "{}", qos=1, retain=True).wait_for_publish(5)  # an earlier version's
+    mosquitto_pub.client.publish(f"{PREFIX}/threshold/set", "2.5", qos=1, retain=True).wait_for_publish(5)
+    mosquitto_pub.close()
+    sink = start_sink(sinks, mosquitto, tmp_path / "sink-state")
+    sink.handle(StateEvent(MACHINE.id, "anomaly", time.time()))
+    retained = [topic for topic, _ in homeassistant.discovery_messages(HA, MACHINE, PREFIX, "fan-ae")] + \
+        [f"{PREFIX}/status", f"{PREFIX}/state", f"{PREFIX}/threshold/state"]
+    for topic in retained:
+        wait_until(lambda t=topic: read_retained(mosquitto, t), what=f"retained {topic}")
+
+    refused = _forget(config)  # the machine is still online
+    assert refused.returncode == 1 and "is online" in refused.stderr
+    assert read_retained(mosquitto, f"{PREFIX}/state") == b"anomaly"
+
+    sink.close(timeout_s=2)
+    done = _forget(config)
+    assert done.returncode == 0, done.stderr
+    assert f"cleared {len(homeassistant.OBJECTS)} Home Assistant discovery config(s)" in done.stdout
+    for topic in retained + [f"{PREFIX}/threshold/set", legacy]:
+        assert read_retained(mosquitto, topic) is None, topic
+    again = _forget(config)
+    assert again.returncode == 0 and "cleared 0 Home Assistant discovery config(s) and 0 retained" in again.stdout
+
+
+def test_forget_needs_a_broker(tmp_path: Path) -> None:
+    from tests.helpers.daemon import write_config
+    config = write_config(tmp_path)
+    result = _forget(config)
+    assert result.returncode == 2 and "--mqtt" in result.stderr

@@ -565,6 +565,9 @@ class MqttSink:
         if self._cfg.homeassistant.enabled:
             subscriptions.append((f"{self._cfg.homeassistant.discovery_prefix}/status", 1))
             self._announce_discovery()
+        else:  # discovery turned off: remove this machine's entities that an earlier run announced
+            for topic in homeassistant.removal_topics(self._cfg.homeassistant, self._machine):
+                client.publish(topic, b"", qos=0, retain=True)
         client.subscribe(subscriptions)
         self._kick()
 
