@@ -150,6 +150,34 @@ class ClipsConfig:
     max_total_mb: float = _f(500.0, help="Keep at most this many MB of clips; the oldest are deleted", lo=1.0, hi=1_000_000.0)
 
 
+@dataclasses.dataclass(frozen=True)
+class WebTlsConfig:
+    """HTTPS for the gateway's web page."""
+
+    cert: Optional[str] = _f(None, help="Server certificate file (PEM)")
+    key: Optional[str] = _f(None, help="Server private key file (PEM)")
+
+
+@dataclasses.dataclass(frozen=True)
+class WebConfig:
+    """The gateway's web page (one server for all machines; see docs/web.md)."""
+
+    enabled: bool = _f(False, help="Serve the web page and /metrics from the daemon")
+    host: str = _f("127.0.0.1", help="Address to listen on; anything beyond localhost needs password_file")
+    port: int = _f(8099, help="TCP port", lo=1, hi=65535)
+    password_file: Optional[str] = _f(None, help="File holding the page's password (or a systemd credential "
+                                      "name with credential:NAME)")
+    tls: Optional[WebTlsConfig] = _f(None, help="HTTPS settings; omit for plain HTTP (or put a reverse proxy in front)")
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` only accepts connections from this computer."""
+    return host in LOOPBACK_HOSTS or host.startswith("127.")
+
+
 DEFAULT_STATE_DIR = "/var/lib/edge-monitor"
 
 
@@ -164,6 +192,7 @@ class Config:
     health: HealthConfig = _f(factory=HealthConfig, help="Input health checks")
     mqtt: MqttConfig = _f(factory=MqttConfig, help="MQTT publishing")
     clips: ClipsConfig = _f(factory=ClipsConfig, help="Evidence clips")
+    web: WebConfig = _f(factory=WebConfig, help="The gateway's web page")
     state_dir: str = _f(DEFAULT_STATE_DIR, help="Folder for the outbox, clips and runtime state (systemd's StateDirectory)")
     log_level: str = _f("info", help="debug, info, warning or error", choices=("debug", "info", "warning", "error"))
     source_file: str = dataclasses.field(default="", compare=False, metadata={"internal": True})
@@ -491,6 +520,14 @@ def _semantic_checks(cfg: Config, b: _Builder) -> None:
         b.err(("mqtt", "tls"), "cert/key", "both cert and key, or neither")
     if m.password_file and not m.username:
         b.err(("mqtt", "username"), None, "a user name when password_file is set")
+    w = cfg.web
+    if not w.host or any(c.isspace() for c in w.host):
+        b.err(("web", "host"), w.host, "a host name or IP address without spaces (127.0.0.1 for this computer only)")
+    if w.tls and not (w.tls.cert and w.tls.key):
+        b.err(("web", "tls"), "cert/key", "both cert and key (PEM files)")
+    if w.enabled and w.host and not is_loopback(w.host) and not w.password_file:
+        b.err(("web", "password_file"), None, f"a password file (or credential:NAME) when web.host is {w.host!r}: "
+              "the page changes thresholds, so it never listens beyond localhost without a password")
 
 
 def _resolve(base: Path, p: Optional[str]) -> Optional[str]:
@@ -549,6 +586,10 @@ def parse_config(text: str, fname: str = "<config>", base_dir: Optional[Path] = 
                 cfg.mqtt.tls, ca=_resolve(base, cfg.mqtt.tls.ca), cert=_resolve(base, cfg.mqtt.tls.cert),
                 key=_resolve(base, cfg.mqtt.tls.key))),
         clips=dataclasses.replace(cfg.clips, dir=_resolve(base, cfg.clips.dir)),
+        web=dataclasses.replace(
+            cfg.web, password_file=_resolve(base, cfg.web.password_file),
+            tls=None if cfg.web.tls is None else WebTlsConfig(cert=_resolve(base, cfg.web.tls.cert),
+                                                              key=_resolve(base, cfg.web.tls.key))),
         state_dir=state_dir,
         source_file=fname,
         key_lines=dict(lines),
