@@ -157,6 +157,11 @@ class Topics:
         """A ``clip/get`` that cannot be answered (JSON)."""
         return f"{self.prefix}/clip/error"
 
+    @property
+    def feedback(self) -> str:
+        """A person's verdict on an alert, from the web page (JSON, QoS 1, not retained)."""
+        return f"{self.prefix}/feedback"
+
 
 CLIP_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}-[0-9]{8}T[0-9]{6}Z-[0-9A-Za-z]{1,8}$")
 """A clip id as ``ClipRecorder`` names clips (file name without ``.wav``); nothing else is ever read."""
@@ -745,6 +750,14 @@ class MqttSink:
         with self._state_lock:
             self._client.publish(self.topics.threshold_state, repr(value), qos=0, retain=True)
         _LOGGER.info("MQTT: threshold of %s set to %g", self._machine.id, value)
+
+    def publish_feedback(self, payload: dict[str, Any]) -> bool:
+        """Send a verdict on an alert on ``<prefix>/feedback``; False when it cannot be queued now."""
+        if self._closed:
+            return False
+        info = self._client.publish(self.topics.feedback, json.dumps(_json_safe(payload), separators=(",", ":")),
+                                    qos=1, retain=False)
+        return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def show_threshold(self, value: float) -> None:
         """The threshold in force changed elsewhere (reload, start-up): publish it on ``threshold/state``."""
