@@ -9,10 +9,13 @@
 # nothing at run time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+exec 2> >(grep -v "^WARNING: Location '.*' is ignored" >&2)
 HA_VERSION="${HA_VERSION:-2024.3.3}"
+# What the check loads; Home Assistant 2024.3 goes into recovery mode without the frontend.
+INTEGRATIONS="mqtt api onboarding frontend"
 VENV="${1:-.venv-ha}"
 STAMP="$VENV/edge-monitor-ha-version"
-if [ -x "$VENV/bin/hass" ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$HA_VERSION" ]; then
+if [ -x "$VENV/bin/hass" ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$HA_VERSION $INTEGRATIONS" ]; then
     echo "ha-venv: $VENV already has Home Assistant $HA_VERSION"
     exit 0
 fi
@@ -36,11 +39,11 @@ with zipfile.ZipFile(wheel) as z:
 EOF
 "$VENV/bin/python" -m pip install -q -c "$work/constraints.txt" "$work"/homeassistant-*.whl 'josepy<2'
 # Requirements of the integrations the check loads, with their dependencies (from the manifests).
-"$VENV/bin/python" - "$work" <<'EOF' > "$work/integration-requirements.txt"
+"$VENV/bin/python" - $INTEGRATIONS <<'EOF' > "$work/integration-requirements.txt"
 import json, pathlib, sys
 import homeassistant.components as components
 base = pathlib.Path(components.__path__[0])
-todo, seen, reqs = ["mqtt", "api", "onboarding", "auth", "http", "person", "config"], set(), set()
+todo, seen, reqs = sys.argv[1:], set(), set()
 while todo:
     name = todo.pop()
     if name in seen:
@@ -54,6 +57,6 @@ EOF
 if [ -s "$work/integration-requirements.txt" ]; then
     "$VENV/bin/python" -m pip install -q -c "$work/constraints.txt" -r "$work/integration-requirements.txt"
 fi
-echo "$HA_VERSION" > "$STAMP"
+echo "$HA_VERSION $INTEGRATIONS" > "$STAMP"
 echo "ha-venv: Home Assistant $HA_VERSION installed in $VENV in $(( $(date +%s) - start_s )) s" \
      "($(du -sm "$VENV" | cut -f1) MB; integration requirements: $(tr '\n' ' ' < "$work/integration-requirements.txt"))"

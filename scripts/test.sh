@@ -17,4 +17,8 @@ $SUDO systemctl disable --now mosquitto >/dev/null 2>&1 || true
 .venv/bin/python -m pip install -q -e ".[train,dev]"
 # tests/test_tflite_runtime.py builds .venv-tflite (tflite-runtime 2.14, numpy<2) itself; here it must not skip.
 export EDGE_MONITOR_REQUIRE_TFLITE_RUNTIME=1
+# A real Home Assistant 2024.3.3 in .venv-ha (about 1-3 min to build, reused while its version holds) for
+# tests/test_homeassistant_real.py (about 40 s), which must not skip here.
+bash scripts/ha-venv.sh
+export EDGE_MONITOR_REQUIRE_HA=1
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
