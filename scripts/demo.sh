@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install edge-monitor into ./.venv and run the daemon on the bundled demo recording.
-# Set MQTT_HOST (and optionally MQTT_PORT) to also publish the alerts to a broker.
+# Set MQTT_HOST (and optionally MQTT_PORT) to also publish the alerts to a broker, and DEMO_LIVE=1 to
+# play it in real time on a loop (edge-monitor run --demo-live).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -28,4 +29,6 @@ fi
 "${PIP_ARCH[@]}" .venv/bin/python -m pip install -q .
 MQTT_ARGS=()
 [ -n "${MQTT_HOST:-}" ] && MQTT_ARGS=(--mqtt "${MQTT_HOST}:${MQTT_PORT:-1883}")
+# DEMO_LIVE=1: the same recording at real-time pace on a loop, until Ctrl-C (watch it in Home Assistant)
+[ -n "${DEMO_LIVE:-}" ] && MQTT_ARGS+=(--demo-live)
 exec .venv/bin/edge-monitor run "${MQTT_ARGS[@]}"
