@@ -555,6 +555,7 @@ class Daemon:
         self.machines: list[Machine] = []
         self.workers: list[SourceWorker] = []
         self.mqtt: dict[str, Any] = {}
+        self.web: Any = None  # edge_monitor.web.server.WebServer when a config enables web:
 
     # ---------------------------------------------------------------- build
 
@@ -593,6 +594,9 @@ class Daemon:
             source = make_source(src_cfg, machines[0].pipeline.spec.sample_rate, stall_s)
             retry = min(m.cfg.health.retry_max_seconds for m in machines)
             self.workers.append(SourceWorker(source, machines, self.stop_event, retry, stop_at_eof=not src_cfg.loop))
+        if any(c.web.enabled for c in self.configs):
+            from edge_monitor.web.gateway import build_web
+            self.web = build_web(self)
 
     def _build_machine(self, cfg: Config) -> Machine:
         runner = load_model(cfg.model.path, threads=cfg.model.threads)
@@ -686,6 +690,8 @@ class Daemon:
                 sink.handle(StateEvent(m.id, m.pipeline.detector.state, time.time()))
         for sink in self.mqtt.values():
             sink.start()
+        if self.web is not None:
+            self.web.start()
         for w in self.workers:
             w.start()
         sdnotify.ready()
@@ -743,6 +749,8 @@ class Daemon:
         """Stop workers, flush clips, publish offline, close outboxes."""
         sdnotify.stopping()
         self.stop_event.set()
+        if self.web is not None:
+            self.web.close()
         for w in self.workers:
             w.join(timeout=5.0)
         for m in self.machines:

@@ -1,0 +1,78 @@
+"""Score charts drawn on the server as SVG: no JavaScript library, nothing from the internet."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+from edge_monitor.web.view import HISTORY_SECONDS
+
+WIDTH_PX = 600
+HEIGHT_PX = 140
+_PAD_LEFT_PX, _PAD_RIGHT_PX, _PAD_TOP_PX, _PAD_BOTTOM_PX = 44, 8, 8, 18
+BUCKETS = 300
+"""Columns of the chart: one per 12 s over the hour, each the highest score in it (peaks stay visible)."""
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.3g}"
+
+
+def score_chart_svg(points: list[tuple[float, float]], threshold: float, now_s: float,
+                    spans: Optional[list[tuple[float, float]]] = None,
+                    history_seconds: float = HISTORY_SECONDS) -> str:
+    """An SVG of the scores ``points`` (UNIX time, score) over the last hour, the threshold dashed.
+
+    ``spans`` (start, end) of alert episodes are shaded.
+    """
+    start = now_s - history_seconds
+    bucket_s = history_seconds / BUCKETS
+    peaks: dict[int, float] = {}
+    for t, s in points:
+        if t < start or not math.isfinite(s):
+            continue
+        i = min(BUCKETS - 1, int((t - start) / bucket_s))
+        if s > peaks.get(i, -math.inf):
+            peaks[i] = s
+    top = max([threshold * 1.5] + [v * 1.1 for v in peaks.values()]) if math.isfinite(threshold) else 1.0
+    top = top if top > 0 else 1.0
+    plot_w = WIDTH_PX - _PAD_LEFT_PX - _PAD_RIGHT_PX
+    plot_h = HEIGHT_PX - _PAD_TOP_PX - _PAD_BOTTOM_PX
+
+    def x(t: float) -> float:
+        return _PAD_LEFT_PX + plot_w * min(1.0, max(0.0, (t - start) / history_seconds))
+
+    def y(v: float) -> float:
+        return _PAD_TOP_PX + plot_h * (1.0 - min(1.0, max(0.0, v / top)))
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH_PX} {HEIGHT_PX}" '
+             f'width="{WIDTH_PX}" height="{HEIGHT_PX}" role="img" aria-label="score over the last hour">',
+             f'<rect x="{_PAD_LEFT_PX}" y="{_PAD_TOP_PX}" width="{plot_w}" height="{plot_h}" fill="#fafafa" '
+             'stroke="#ccc"/>']
+    for a, b in spans or []:
+        if b >= start:
+            parts.append(f'<rect class="alert-span" x="{x(a):.1f}" y="{_PAD_TOP_PX}" '
+                         f'width="{max(1.0, x(b) - x(a)):.1f}" height="{plot_h}" fill="#f8d7da"/>')
+    if peaks:
+        path = " ".join(f"{x(start + (i + 0.5) * bucket_s):.1f},{y(v):.1f}" for i, v in sorted(peaks.items()))
+        parts.append(f'<polyline class="score" fill="none" stroke="#1f6feb" stroke-width="1.5" points="{path}"/>')
+    if math.isfinite(threshold) and threshold > 0:
+        ty = y(threshold)
+        parts.append(f'<line class="threshold" x1="{_PAD_LEFT_PX}" x2="{WIDTH_PX - _PAD_RIGHT_PX}" y1="{ty:.1f}" '
+                     f'y2="{ty:.1f}" stroke="#d1242f" stroke-dasharray="5,3"/>')
+        parts.append(f'<text x="{_PAD_LEFT_PX - 4}" y="{ty + 4:.1f}" font-size="10" text-anchor="end" '
+                     f'fill="#d1242f">{_fmt(threshold)}</text>')
+    parts.append(f'<text x="{_PAD_LEFT_PX - 4}" y="{_PAD_TOP_PX + 8}" font-size="10" text-anchor="end">'
+                 f'{_fmt(top)}</text>')
+    parts.append(f'<text x="{_PAD_LEFT_PX - 4}" y="{HEIGHT_PX - _PAD_BOTTOM_PX}" font-size="10" '
+                 'text-anchor="end">0</text>')
+    parts.append(f'<text x="{_PAD_LEFT_PX}" y="{HEIGHT_PX - 4}" font-size="10">-60 min</text>')
+    parts.append(f'<text x="{_PAD_LEFT_PX + plot_w / 2:.0f}" y="{HEIGHT_PX - 4}" font-size="10" '
+                 'text-anchor="middle">-30 min</text>')
+    parts.append(f'<text x="{WIDTH_PX - _PAD_RIGHT_PX}" y="{HEIGHT_PX - 4}" font-size="10" '
+                 'text-anchor="end">now</text>')
+    if not peaks:
+        parts.append(f'<text x="{_PAD_LEFT_PX + plot_w / 2:.0f}" y="{_PAD_TOP_PX + plot_h / 2:.0f}" '
+                     'font-size="12" text-anchor="middle" fill="#888">no scores yet</text>')
+    parts.append("</svg>")
+    return "".join(parts)

@@ -1,0 +1,92 @@
+"""Wire the web page to a running Daemon: one MachineView sink per machine, ports to act on them."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+from edge_monitor.config import Config, ConfigError, WebConfig, is_loopback
+from edge_monitor.secrets import SecretError, read_secret
+from edge_monitor.web.app import MachinePort, WebApp
+from edge_monitor.web.auth import Auth
+from edge_monitor.web.feedback import FeedbackStore
+from edge_monitor.web.server import WebServer
+from edge_monitor.web.view import MachineView
+
+if TYPE_CHECKING:
+    from edge_monitor.daemon import Daemon, Machine
+
+_LOGGER = logging.getLogger(__name__)
+
+
+def gateway_web_config(configs: list[Config]) -> Optional[WebConfig]:
+    """The web settings of the gateway: those of every config that enables the page (they must agree)."""
+    enabled = [c for c in configs if c.web.enabled]
+    if not enabled:
+        return None
+    first = enabled[0]
+    different = [c for c in enabled[1:] if c.web != first.web]
+    if different:
+        raise ConfigError([f"{c.source_file}: web: differs from {first.source_file}; the gateway has one web page, "
+                           "so every config that enables it must give the same settings (or leave web: out)"
+                           for c in different])
+    return first.web
+
+
+def _threshold_setter(machine: Machine) -> Any:
+    def set_threshold(value: float) -> str:
+        warning = machine.set_threshold(value)  # ValueError refuses, as for threshold/set
+        machine.show_threshold(machine.settings.threshold)  # retained threshold/state follows
+        return warning
+    return set_threshold
+
+
+def build_web(daemon: Daemon) -> Optional[WebServer]:
+    """A bound (not yet serving) WebServer for the daemon's machines, or None when no config enables it.
+
+    Raises ConfigError for an unreadable password and OSError when the port is taken.
+    """
+    web = gateway_web_config(daemon.configs)
+    if web is None:
+        return None
+    password = None
+    if web.password_file:
+        try:
+            password = read_secret(web.password_file)
+        except SecretError as exc:
+            raise ConfigError([f"web.password_file: {exc}"]) from None
+    elif not is_loopback(web.host):  # the loader refuses this already; never rely on one check alone
+        raise ConfigError([f"web.host {web.host!r} needs web.password_file"])
+    ports = []
+    for m in daemon.machines:
+        view = MachineView(m.id)
+        m.sinks.append(view)  # before the workers start: the pipeline thread is the only writer
+        worker = daemon._worker_of(m)
+        sink = daemon.mqtt.get(m.id)
+        clips_dir = None
+        if m.clips is not None:  # where the daemon's ClipRecorder writes (see Daemon._build_machine)
+            clips_dir = Path(m.cfg.clips.dir) if m.cfg.clips.dir else Path(m.cfg.state_dir) / "clips"
+
+        def stats(worker: Any = worker, sink: Any = sink) -> dict[str, Any]:
+            return {"source": worker.source.stats() if worker is not None else {},
+                    "mqtt": sink.stats() if sink is not None else None}
+
+        def threshold(machine: Machine = m) -> float:
+            return machine.settings.threshold
+
+        ports.append(MachinePort(
+            id=m.id, name=m.cfg.machine.name or m.id, view=view,
+            feedback=FeedbackStore(Path(m.cfg.state_dir), m.id), threshold=threshold,
+            set_threshold=_threshold_setter(m), stats=stats,
+            publish_feedback=sink.publish_feedback if sink is not None else (lambda payload: False),
+            clips_dir=clips_dir, hop_seconds=m.cfg.detection.window_hop_seconds))
+        view.state = m.pipeline.detector.state
+    tls = web.tls
+    server = WebServer(WebApp(ports, Auth(password), secure_cookies=tls is not None), web.host, web.port,
+                       cert=tls.cert if tls else None, key=tls.key if tls else None)
+    scheme = "https" if tls else "http"
+    shown_host = f"[{web.host}]" if ":" in web.host else web.host
+    _LOGGER.info("web page on %s://%s:%d/%s", scheme, shown_host, server.port,
+                 "" if password else " (no password: this computer only)")
+    return server

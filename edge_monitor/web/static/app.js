@@ -1,0 +1,56 @@
+// edge-monitor's page: poll the machine's JSON, update the numbers, refresh the chart and the alert table.
+// Written for this page only; no library.
+(function () {
+  "use strict";
+  function text(card, field, value) {
+    var el = card.querySelector('[data-field="' + field + '"]');
+    if (el && el.textContent !== value) { el.textContent = value; }
+  }
+  function fmt(v) { return (v === null || v === undefined) ? "\u2014" : Number(v).toPrecision(4).replace(/\.?0+$/, ""); }
+  function watch(card) {
+    var id = card.getAttribute("data-machine");
+    var seconds = parseFloat(card.getAttribute("data-poll")) || 2;
+    var live = card.hasAttribute("data-live");
+    var chart = card.querySelector("img.chart");
+    var lastAlerts = null, lastClips = null, lastChart = Date.now();
+    function refreshAlerts() {
+      var box = document.getElementById("alerts-table");
+      if (!box || box.contains(document.activeElement)) { return false; }  // never wipe a note being typed
+      fetch("/machine/" + encodeURIComponent(id) + "/alerts", {credentials: "same-origin"})
+        .then(function (r) { return r.ok ? r.text() : null; })
+        .then(function (html) { if (html !== null) { box.innerHTML = html; } });
+      return true;
+    }
+    function tick() {
+      fetch("/api/" + encodeURIComponent(id), {credentials: "same-origin", cache: "no-store"})
+        .then(function (r) { return r.ok ? r.json() : null; })
+        .then(function (d) {
+          if (!d) { return; }
+          var state = card.querySelector('[data-field="state"]');
+          if (state) { state.textContent = d.state; state.className = "state state-" + d.state; }
+          text(card, "score", fmt(d.score));
+          text(card, "threshold", fmt(d.threshold));
+          text(card, "alerts_total", String(d.alerts_total));
+          text(card, "dropped_frames", String(d.dropped_frames));
+          text(card, "health", d.health.length ? d.health.join(", ").replace(/_/g, " ") : "ok");
+          text(card, "mqtt", d.mqtt === null ? "off" :
+               (d.mqtt.connected ? "connected" : "not connected") + ", outbox " + d.mqtt.outbox_depth);
+          if (live && (lastAlerts !== null && (d.alerts_total !== lastAlerts || d.clips !== lastClips))) {
+            if (!refreshAlerts()) { return; }
+          }
+          lastAlerts = d.alerts_total; lastClips = d.clips;
+        })
+        .catch(function () { /* the daemon restarts or the network blinks: try again next tick */ })
+        .then(function () {
+          if (chart && Date.now() - lastChart > 10000) {
+            lastChart = Date.now();
+            chart.src = "/machine/" + encodeURIComponent(id) + "/chart.svg?t=" + lastChart;
+          }
+          setTimeout(tick, seconds * 1000);
+        });
+    }
+    setTimeout(tick, seconds * 1000);
+  }
+  var cards = document.querySelectorAll("[data-machine]");
+  for (var i = 0; i < cards.length; i++) { watch(cards[i]); }
+})();
