@@ -7,7 +7,7 @@ $SUDO apt-get update -q
 $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
     python3-venv python3-pip python3-dev build-essential pkg-config openssl \
     libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins alsa-utils \
-    mosquitto mosquitto-clients socat \
+    mosquitto mosquitto-clients socat chromium chromium-driver \
     arduino-mk arduino-core-avr gcc-avr avr-libc simavr libsimavr-dev libsimavrparts1 libelf-dev \
     systemd
 # The test suite starts its own brokers on free ports; a packaged one would only be in the way.
