@@ -335,7 +335,7 @@ class WebApp:
         threshold_form = (
             f'<form method="post" action="/machine/{esc(port.id)}/threshold" class="threshold">'
             f'{self._csrf_field(session)}<label>Threshold <input name="threshold" id="threshold-input" '
-            f'value="{esc(repr(float(port.threshold())))}" inputmode="decimal" size="10"></label> '
+            f'value="{port.threshold():.6g}" inputmode="decimal" size="10"></label> '
             '<button type="submit" id="threshold-set">Set</button> <small>A number in (0, '
             f'{THRESHOLD_MAX:g}]; saved in the state folder and announced on threshold/state, as with '
             'threshold/set.</small></form>')

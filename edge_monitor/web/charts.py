@@ -11,11 +11,18 @@ WIDTH_PX = 600
 HEIGHT_PX = 140
 _PAD_LEFT_PX, _PAD_RIGHT_PX, _PAD_TOP_PX, _PAD_BOTTOM_PX = 44, 8, 8, 18
 BUCKETS = 300
-"""Columns of the chart: one per 12 s over the hour, each the highest score in it (peaks stay visible)."""
+"""Columns of the chart: one per 12 s over a full hour, each the highest score in it (peaks stay visible)."""
+MIN_SPAN_SECONDS = 120.0
+"""A daemon that started a minute ago gets a two-minute chart, not a line squeezed against "now"."""
 
 
 def _fmt(v: float) -> str:
     return f"{v:.3g}"
+
+
+def _ago(seconds: float) -> str:
+    minutes = seconds / 60.0
+    return f"-{minutes:.0f} min" if minutes >= 10 or minutes == int(minutes) else f"-{minutes:.1f} min"
 
 
 def score_chart_svg(points: list[tuple[float, float]], threshold: float, now_s: float,
@@ -23,8 +30,11 @@ def score_chart_svg(points: list[tuple[float, float]], threshold: float, now_s: 
                     history_seconds: float = HISTORY_SECONDS) -> str:
     """An SVG of the scores ``points`` (UNIX time, score) over the last hour, the threshold dashed.
 
-    ``spans`` (start, end) of alert episodes are shaded.
+    The time axis covers the last hour, or less when the scores began more recently
+    (at least ``MIN_SPAN_SECONDS``). ``spans`` (start, end) of alert episodes are shaded.
     """
+    oldest = min((t for t, _ in points if t >= now_s - history_seconds), default=now_s)
+    history_seconds = min(history_seconds, max(MIN_SPAN_SECONDS, now_s - oldest))
     start = now_s - history_seconds
     bucket_s = history_seconds / BUCKETS
     peaks: dict[int, float] = {}
@@ -46,7 +56,7 @@ def score_chart_svg(points: list[tuple[float, float]], threshold: float, now_s: 
         return _PAD_TOP_PX + plot_h * (1.0 - min(1.0, max(0.0, v / top)))
 
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH_PX} {HEIGHT_PX}" '
-             f'width="{WIDTH_PX}" height="{HEIGHT_PX}" role="img" aria-label="score over the last hour">',
+             f'width="{WIDTH_PX}" height="{HEIGHT_PX}" role="img" aria-label="score over the last {_ago(history_seconds)[1:]}">',
              f'<rect x="{_PAD_LEFT_PX}" y="{_PAD_TOP_PX}" width="{plot_w}" height="{plot_h}" fill="#fafafa" '
              'stroke="#ccc"/>']
     for a, b in spans or []:
@@ -66,9 +76,9 @@ def score_chart_svg(points: list[tuple[float, float]], threshold: float, now_s: 
                  f'{_fmt(top)}</text>')
     parts.append(f'<text x="{_PAD_LEFT_PX - 4}" y="{HEIGHT_PX - _PAD_BOTTOM_PX}" font-size="10" '
                  'text-anchor="end">0</text>')
-    parts.append(f'<text x="{_PAD_LEFT_PX}" y="{HEIGHT_PX - 4}" font-size="10">-60 min</text>')
+    parts.append(f'<text x="{_PAD_LEFT_PX}" y="{HEIGHT_PX - 4}" font-size="10">{_ago(history_seconds)}</text>')
     parts.append(f'<text x="{_PAD_LEFT_PX + plot_w / 2:.0f}" y="{HEIGHT_PX - 4}" font-size="10" '
-                 'text-anchor="middle">-30 min</text>')
+                 f'text-anchor="middle">{_ago(history_seconds / 2)}</text>')
     parts.append(f'<text x="{WIDTH_PX - _PAD_RIGHT_PX}" y="{HEIGHT_PX - 4}" font-size="10" '
                  'text-anchor="end">now</text>')
     if not peaks:

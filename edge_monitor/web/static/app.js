@@ -37,6 +37,7 @@
                (d.mqtt.connected ? "connected" : "not connected") + ", outbox " + d.mqtt.outbox_depth);
           if (live && (lastAlerts !== null && (d.alerts_total !== lastAlerts || d.clips !== lastClips))) {
             if (!refreshAlerts()) { return; }
+            lastChart = 0;  // redraw the chart with the new alert's span now
           }
           lastAlerts = d.alerts_total; lastClips = d.clips;
         })
