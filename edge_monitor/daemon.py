@@ -94,7 +94,7 @@ def check_config(cfg: Config, bundle: Optional[ModelBundle] = None) -> list[str]
 
     The model (loaded from ``model.path`` unless ``bundle`` is given): thresholds
     against its calibrated one, a serial or file source's rate and channels; the
-    machine-type check model; the MQTT password and TLS files.
+    machine-type check model; the MQTT and web page password and TLS files.
     """
     problems: list[str] = []
     if bundle is None:
@@ -111,6 +111,9 @@ def check_config(cfg: Config, bundle: Optional[ModelBundle] = None) -> list[str]
     if cfg.mqtt.enabled:
         from edge_monitor.sinks.mqtt import setup_problems
         problems += setup_problems(cfg.mqtt)
+    if cfg.web.enabled:
+        from edge_monitor.web.gateway import setup_problems as web_problems
+        problems += web_problems(cfg.web)
     return problems
 
 

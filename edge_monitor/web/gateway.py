@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -32,6 +33,24 @@ def gateway_web_config(configs: list[Config]) -> Optional[WebConfig]:
                            "so every config that enables it must give the same settings (or leave web: out)"
                            for c in different])
     return first.web
+
+
+def setup_problems(web: WebConfig) -> list[str]:
+    """What would stop the page from starting: its password file and TLS files (empty when fine or off)."""
+    if not web.enabled:
+        return []
+    problems = []
+    spec = web.password_file or ""
+    if spec and not (spec.startswith("credential:") and not os.environ.get("CREDENTIALS_DIRECTORY")):
+        try:  # a systemd credential exists only inside the service (and its ExecStartPre)
+            read_secret(spec)
+        except SecretError as exc:
+            problems.append(f"web.password_file: {exc}")
+    if web.tls is not None:
+        for name, path in (("cert", web.tls.cert), ("key", web.tls.key)):
+            if path and not os.access(path, os.R_OK):
+                problems.append(f"web.tls.{name}: {path!r} is missing or not readable by this user")
+    return problems
 
 
 def _threshold_setter(machine: Machine) -> Any:
