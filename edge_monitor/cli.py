@@ -8,6 +8,7 @@ import logging
 import math
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Callable, Optional
 
 from edge_monitor import __version__
@@ -178,6 +179,29 @@ def _training_verb(module: str, add: str, run: str) -> tuple[Callable, Callable]
     return add_args, call
 
 
+def add_feedback_normals(args: argparse.Namespace) -> list[str]:
+    """``train --feedback``: append the false alarms' clips to ``args.normal``; returns notes for the user."""
+    from edge_monitor.web.feedback import false_alarm_clips
+    notes: list[str] = []
+    extra: list[str] = []
+    for state_dir in args.feedback or []:
+        clips, missing = false_alarm_clips(Path(state_dir))
+        extra += [str(c) for c in clips]
+        notes += missing
+        notes.append(f"{state_dir}: {len(clips)} false-alarm clip(s) added to the normal audio")
+    args.normal = list(args.normal or []) + [c for c in extra if c not in (args.normal or [])]
+    return notes
+
+
+def _with_feedback(call: Callable) -> Callable:
+    def run(args: argparse.Namespace) -> int:
+        if getattr(args, "feedback", None) and not getattr(args, "_import_error", None):
+            for note in add_feedback_normals(args):
+                print(f"edge-monitor train: {note}", file=sys.stderr)
+        return call(args)
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every verb."""
     p = argparse.ArgumentParser(prog="edge-monitor", description="Acoustic anomaly monitor for factory machines.")
@@ -237,6 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
         s = sub.add_parser(verb, help=help_text)
         add_args, call = _training_verb(module, add, run)
         add_args(s)
+        if verb == "train":
+            s.add_argument("--feedback", action="append", default=None, metavar="STATE_DIR",
+                           help="also train on the clips of alerts marked 'false alarm' on the web page "
+                                "(read from STATE_DIR/feedback-*.json; repeatable)")
+            call = _with_feedback(call)
         s.set_defaults(func=call)
 
     s = sub.add_parser("score", help="score WAV files with a model")

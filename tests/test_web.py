@@ -251,3 +251,26 @@ def test_an_unreadable_feedback_file_starts_empty_and_is_replaced(tmp_path: Path
     assert FeedbackStore(tmp_path, "fan-1").get("ep")["note"] == "bearing"
     with pytest.raises(ValueError):
         store.record("ep", "confirmed", "x" * 501)
+
+
+def test_train_feedback_adds_the_false_alarm_clips_to_the_normal_audio(tmp_path: Path) -> None:
+    from edge_monitor.cli import add_feedback_normals, build_parser
+
+    state = tmp_path / "state"
+    (state / "clips").mkdir(parents=True)
+    kept = state / "clips" / "fan-1-20270115T080000Z-aaaa1111.wav"
+    kept.write_bytes(b"RIFF")
+    elsewhere = tmp_path / "other-clips" / "fan-2-20270115T090000Z-bbbb2222.wav"
+    elsewhere.parent.mkdir()
+    elsewhere.write_bytes(b"RIFF")
+    FeedbackStore(state, "fan-1").record("ep-a", "false_alarm", clip=kept.name)
+    FeedbackStore(state, "fan-1").record("ep-b", "confirmed", clip="fan-1-20270115T081000Z-cccc3333.wav")
+    FeedbackStore(state, "fan-1").record("ep-c", "false_alarm", clip="fan-1-20270115T082000Z-dddd4444.wav")
+    FeedbackStore(state, "fan-2").record("ep-d", "false_alarm", clip=elsewhere.name, clip_path=str(elsewhere))
+    args = build_parser().parse_args(["train", "--normal", str(tmp_path / "normal"), "--out", "m.tflite",
+                                      "--feedback", str(state)])
+    notes = add_feedback_normals(args)
+    assert args.normal[0] == str(tmp_path / "normal")
+    assert sorted(args.normal[1:]) == sorted([str(kept), str(elsewhere)])  # the confirmed fault is not added
+    assert any("ep-c" in n and "deleted" in n for n in notes)
+    assert notes[-1].endswith("2 false-alarm clip(s) added to the normal audio")

@@ -406,9 +406,11 @@ class WebApp:
         if record is None:
             return self._page(port.name, self._machine_page(port, session, None, "no such alert"), session, 400)
         clip = f"{record.clip_id}.wav" if record.clip_id else None
+        clip_path = str(port.clips_dir / clip) if clip and port.clips_dir is not None else None
         try:
             entry = port.feedback.record(episode, form.get("verdict", ""), form.get("note", ""),
-                                         alert_id=record.alert_id, clip=clip, now_s=self.clock())
+                                         alert_id=record.alert_id, clip=clip, clip_path=clip_path,
+                                         now_s=self.clock())
         except FeedbackError as exc:
             return self._page(port.name, self._machine_page(port, session, None, str(exc)), session, 400)
         except OSError as exc:

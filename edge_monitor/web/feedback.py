@@ -77,7 +77,8 @@ class FeedbackStore:
             return {k: dict(v) for k, v in self._entries.items()}
 
     def record(self, episode: str, verdict: str, note: str = "", *, alert_id: str = "",
-               clip: Optional[str] = None, now_s: Optional[float] = None) -> dict[str, Any]:
+               clip: Optional[str] = None, clip_path: Optional[str] = None,
+               now_s: Optional[float] = None) -> dict[str, Any]:
         """Store a verdict (replacing an earlier one) and return the entry. FeedbackError refuses; OSError on disk."""
         if verdict not in VERDICTS:
             raise FeedbackError(f"verdict {verdict!r} is not one of {', '.join(VERDICTS)}")
@@ -87,7 +88,7 @@ class FeedbackStore:
         if any(not c.isprintable() and c not in "\n\t" for c in note):
             raise FeedbackError("the note holds control characters")
         entry = {"verdict": verdict, "note": note, "at": utc_iso(time.time() if now_s is None else now_s),
-                 "alert_id": alert_id, "clip": clip}
+                 "alert_id": alert_id, "clip": clip, "clip_path": clip_path}
         with self._lock:
             entries = dict(self._entries)
             entries.pop(episode, None)
@@ -122,3 +123,29 @@ class FeedbackStore:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def false_alarm_clips(state_dir: Path) -> tuple[list[Path], list[str]]:
+    """The clips of every alert marked a false alarm in ``state_dir`` (all machines), and what is missing.
+
+    Returns (existing WAV paths, sorted; one sentence per false alarm whose clip is gone).
+    A clip is looked for where it was written, then in ``<state_dir>/clips``.
+    """
+    found: set[Path] = set()
+    missing: list[str] = []
+    for path in sorted(Path(state_dir).glob("feedback-*.json")):
+        machine = path.stem[len("feedback-"):]
+        for episode, entry in FeedbackStore(path.parent, machine).entries().items():
+            if entry["verdict"] != "false_alarm":
+                continue
+            name = entry.get("clip")
+            candidates = [Path(p) for p in (entry.get("clip_path"),) if p]
+            if name:
+                candidates.append(Path(state_dir) / "clips" / Path(name).name)
+            clip = next((c for c in candidates if c.is_file()), None)
+            if clip is None:
+                missing.append(f"{machine}: the false alarm {episode} has no clip "
+                               + ("(clips were off)" if not name else f"({name} was deleted by the clip retention)"))
+            else:
+                found.add(clip)
+    return sorted(found), missing
