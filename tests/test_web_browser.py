@@ -16,6 +16,7 @@ import json
 import os
 from pathlib import Path
 
+import jsonschema
 import pytest
 import yaml
 
@@ -113,6 +114,9 @@ def test_page_in_a_real_browser(tmp_path: Path, mosquitto: Mosquitto) -> None:
         assert (published["episode"], published["verdict"], published["note"]) == \
             (episode, "false_alarm", "door slammed")
         assert published["clip"].endswith(".wav")
+        schema = json.loads((Path(__file__).resolve().parents[1] / "docs" / "schemas" / "feedback.schema.json")
+                            .read_text())
+        jsonschema.validate(published, schema, cls=jsonschema.Draft202012Validator)
         _shot(driver, "web-alert.png")
 
         driver.get(base + "/")
