@@ -95,3 +95,23 @@ def test_check_config_refuses_the_lan_without_a_password(tmp_path: Path) -> None
     config.write_text(yaml.safe_dump(data))
     checked = _run(config, "check-config")
     assert checked.returncode == 2 and "web.password_file: got None" in checked.stderr
+
+
+def test_a_taken_port_leaves_the_daemon_monitoring_without_the_page(tmp_path: Path) -> None:
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    try:
+        config = write_config(tmp_path)
+        data = yaml.safe_load(config.read_text())
+        data["web"] = {"enabled": True, "port": taken.getsockname()[1]}
+        config.write_text(yaml.safe_dump(data))
+        ran = subprocess.run([sys.executable, "-m", "edge_monitor", "run", "--config", str(config)], cwd=REPO_ROOT,
+                             capture_output=True, text=True, timeout=60)
+    finally:
+        taken.close()
+    assert ran.returncode == 0, ran.stderr
+    assert "web page not served: cannot listen on 127.0.0.1" in ran.stderr
+    assert "alert start" in ran.stderr  # the demo's fault was still detected

@@ -64,7 +64,8 @@ def _threshold_setter(machine: Machine) -> Any:
 def build_web(daemon: Daemon) -> Optional[WebServer]:
     """A bound (not yet serving) WebServer for the daemon's machines, or None when no config enables it.
 
-    Raises ConfigError for an unreadable password and OSError when the port is taken.
+    Raises ConfigError for an unreadable password. A port that is taken (or a TLS file
+    that does not load) is logged and the daemon runs without the page.
     """
     web = gateway_web_config(daemon.configs)
     if web is None:
@@ -102,8 +103,13 @@ def build_web(daemon: Daemon) -> Optional[WebServer]:
             clips_dir=clips_dir, hop_seconds=m.cfg.detection.window_hop_seconds))
         view.state = m.pipeline.detector.state
     tls = web.tls
-    server = WebServer(WebApp(ports, Auth(password), secure_cookies=tls is not None), web.host, web.port,
-                       cert=tls.cert if tls else None, key=tls.key if tls else None)
+    try:
+        server = WebServer(WebApp(ports, Auth(password), secure_cookies=tls is not None), web.host, web.port,
+                           cert=tls.cert if tls else None, key=tls.key if tls else None)
+    except OSError as exc:  # e.g. the port is taken: monitoring matters more than the page
+        _LOGGER.error("web page not served: cannot listen on %s port %d (%s); monitoring goes on without it",
+                      web.host, web.port, exc.strerror or exc)
+        return None
     scheme = "https" if tls else "http"
     shown_host = f"[{web.host}]" if ":" in web.host else web.host
     _LOGGER.info("web page on %s://%s:%d/%s", scheme, shown_host, server.port,
