@@ -45,7 +45,7 @@ def instance_copy(tmp_path: Path, instance: str = "fan") -> Path:
     fake_binary.write_text("#!/bin/sh\nexit 0\n")
     fake_binary.chmod(fake_binary.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     text = UNIT.read_text()
-    assert text.count(BINARY) == 2
+    assert text.count(BINARY) == 3  # ExecStartPre, ExecStart and the first ExecReload
     unit_path = tmp_path / f"edge-monitor@{instance}.service"
     unit_path.write_text(text.replace(BINARY, str(fake_binary)))
     return unit_path
@@ -56,7 +56,7 @@ def test_unit_keeps_its_contract() -> None:
     assert s[("Service", "Type")] == ["notify"]
     assert s[("Service", "ExecStartPre")] == [f"{BINARY} check-config /etc/edge-monitor/%i.yaml"]
     assert s[("Service", "ExecStart")] == [f"{BINARY} run --config /etc/edge-monitor/%i.yaml"]
-    assert s[("Service", "ExecReload")] == ["/bin/kill -HUP $MAINPID"]
+    assert s[("Service", "ExecReload")] == [f"{BINARY} check-config /etc/edge-monitor/%i.yaml", "/bin/kill -HUP $MAINPID"]
     assert s[("Service", "Restart")] == ["on-failure"]
     assert s[("Service", "WatchdogSec")] and s[("Service", "WatchdogSec")][0] != "0"
     assert s[("Unit", "StartLimitIntervalSec")] and s[("Unit", "StartLimitBurst")]
