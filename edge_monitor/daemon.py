@@ -152,6 +152,7 @@ class Machine:
         self.started_s = time.time()
         self.first_score_s: Optional[float] = None
         self.recording_start_s: Optional[float] = None  # file sources: UNIX time of the file's first sample
+        self.last_audio_end_s: Optional[float] = None  # UNIX time just after the last sample processed
         self._recording_loop_s = 0.0                     # a looping file's length
 
     # ------------------------------------------------------------ settings and threshold
@@ -270,6 +271,7 @@ class Machine:
             self._settings_dirty = False
         if pending is not None:
             self.pipeline.update_settings(pending)
+        self.last_audio_end_s = block.t_s + block.samples.shape[0] / block.sample_rate
         mono = self.pipeline.select(block.samples)
         # audio lies in [-1, 1], so the sum of a block is finite exactly when every sample is
         if not math.isfinite(float(mono.sum(dtype="float64"))):
@@ -368,7 +370,9 @@ class Machine:
         Nobody heard the anomaly clear, so ``normal`` would be a lie; without an open alert
         the retained state stays the last one observed (and ``status`` says ``offline``).
         """
-        now = time.time()
+        # The episode ended with the last audio heard: the wall clock for a live source, the file's own time
+        # for a file replayed faster than real time (so run and replay report the same end).
+        now = self.last_audio_end_s if self.last_audio_end_s is not None else time.time()
         ends = self.pipeline.detector.close_episode(now, "shutdown")
         if ends:
             self.deliver(ends)

@@ -9,7 +9,7 @@ import sys
 from typing import Optional
 
 from edge_monitor.config import ConfigError, load_config
-from edge_monitor.events import ScoreEvent
+from edge_monitor.events import ScoreEvent, StateEvent
 from edge_monitor.features import FeatureError
 from edge_monitor.model import ModelError, load_model
 from edge_monitor.pipeline import Pipeline
@@ -70,6 +70,7 @@ def replay(args: argparse.Namespace) -> int:
     except ModelError as exc:
         return fail(str(exc))
     first_t_s: list[float] = []  # UNIX time of the file's first sample: alerts also say where they fall in it
+    end_t_s = 0.0                # UNIX time just after the last sample read
     sink = ConsoleSink(sys.stdout, recording_offset=lambda t_s: t_s - first_t_s[0] if first_t_s else None)
     try:
         while True:
@@ -81,12 +82,19 @@ def replay(args: argparse.Namespace) -> int:
                 continue
             if not first_t_s:
                 first_t_s.append(block.t_s)
+            end_t_s = block.t_s + block.samples.shape[0] / block.sample_rate
             for event in pipeline.process(block):
                 if isinstance(event, ScoreEvent):
                     if args.scores:  # with label probabilities for classifier bundles
                         print(json.dumps({"event": "score", **event.to_payload()}), flush=True)
                     continue
                 sink.handle(event)
+        # The daemon ends an open episode when it stops (reason "shutdown", state "unknown"): so does replay.
+        ends = pipeline.detector.close_episode(end_t_s, "shutdown")
+        for event in ends:
+            sink.handle(event)
+        if ends:
+            sink.handle(StateEvent(cfg.machine.id, "unknown", end_t_s))
     except FeatureError as exc:
         return fail(str(exc))
     finally:

@@ -57,3 +57,22 @@ def test_replay_offsets_are_seconds_from_the_first_sample(tmp_path: Path) -> Non
     for a in alerts:
         at = _unix(a["ended_at"] if a["type"] == "end" else a["started_at"])
         assert a["recording_s"] == pytest.approx(at - 1000.0, abs=0.001), a
+
+
+def test_a_recording_that_ends_during_an_alert_closes_it_in_run_and_replay_alike(tmp_path: Path) -> None:
+    from edge_monitor.wavio import read_wav, write_wav
+
+    audio, rate = read_wav(DEMO / "demo-fan.wav")
+    cut = tmp_path / "cut.wav"
+    write_wav(cut, audio[:20 * rate], rate)       # the fault starts at 15 s: the file ends inside the alert
+    config = tmp_path / "cut.yaml"
+    config.write_text((DEMO / "demo.yaml").read_text()
+                      .replace("path: demo-fan.wav", f"path: {cut}")
+                      .replace("path: demo-fan.tflite", f"path: {DEMO / 'demo-fan.tflite'}")
+                      .replace("state_dir: /tmp/edge-monitor-demo", f"state_dir: {tmp_path / 'state'}"))
+    ran = _alerts(_cli("run", "--config", str(config), "--print-events", cwd=tmp_path).stdout)
+    replayed = _alerts(_cli("replay", "--config", str(config), str(cut), cwd=tmp_path).stdout)
+    for alerts in (ran, replayed):
+        assert [(a["type"], a.get("reason")) for a in alerts] == [("start", None), ("end", "shutdown")], alerts
+        assert alerts[1]["recording_s"] == pytest.approx(20.0, abs=0.1)
+    assert [a["recording_s"] for a in ran] == pytest.approx([a["recording_s"] for a in replayed], abs=0.1)
