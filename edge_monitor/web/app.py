@@ -158,7 +158,7 @@ class WebApp:
         return resp
 
     def _cookie_header(self, value: str) -> str:
-        return (f"{COOKIE_NAME}={value}; Path=/; HttpOnly; SameSite=Strict"
+        return (f"{COOKIE_NAME}={value}; Path=/; HttpOnly; SameSite=Lax"
                 + ("; Secure" if self.secure_cookies else ""))
 
     def _route(self, req: Request, session: Session, local: bool) -> Response:

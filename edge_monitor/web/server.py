@@ -55,8 +55,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         body = self.rfile.read(length) if length else b""
         split = urllib.parse.urlsplit(self.path)
-        query = {k: v[0] for k, v in urllib.parse.parse_qs(split.query, max_num_fields=20).items()} \
-            if len(split.query) < 2000 else {}
+        try:
+            query = {k: v[0] for k, v in urllib.parse.parse_qs(split.query[:2000], max_num_fields=20).items()}
+        except ValueError:  # too many fields: none of the pages takes more than one
+            query = {}
         req = Request(method=self.command, path=split.path, query=query,
                       headers={k.lower(): v for k, v in self.headers.items()}, body=body,
                       client_ip=self.client_address[0])
@@ -71,7 +73,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(resp.body)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
-        _LOGGER.debug("web: %s %s", self.address_string(), format % args)
+        if _LOGGER.isEnabledFor(logging.DEBUG):
+            _LOGGER.debug("web: %s %s", self.address_string(), format % args)
 
 
 class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
