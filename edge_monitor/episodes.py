@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Optional
 
+from edge_monitor.atomic_file import fsync_dir, write_private_atomic
 from edge_monitor.events import AlertEvent, new_alert_id
-from edge_monitor.threshold_store import _fsync_dir
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -35,22 +33,7 @@ class EpisodeStore:
     def opened(self, start: AlertEvent) -> None:
         """Record an alert start, durably. Raises OSError when the disk refuses."""
         record = {name: getattr(start, name) for name in _FIELDS}
-        directory = self.path.parent
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=directory)  # 0600
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(json.dumps(record) + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp_name, self.path)
-        except BaseException:
-            try:
-                os.unlink(tmp_name)
-            except OSError:
-                pass
-            raise
-        _fsync_dir(directory)
+        write_private_atomic(self.path, json.dumps(record) + "\n")
 
     def closed(self) -> None:
         """The episode's end has been handed to the sinks: forget it."""
@@ -58,7 +41,7 @@ class EpisodeStore:
             self.path.unlink()
         except FileNotFoundError:
             return
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
 
     def dangling(self) -> Optional[AlertEvent]:
         """The start of an episode a previous process left open, or None (an unreadable record is logged)."""

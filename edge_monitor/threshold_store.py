@@ -13,12 +13,11 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional
 
+from edge_monitor.atomic_file import fsync_dir, write_private_atomic
 from edge_monitor.events import utc_iso
 
 _LOGGER = logging.getLogger(__name__)
@@ -76,7 +75,7 @@ class ThresholdStore:
             self.path.unlink()
         except FileNotFoundError:
             pass
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
 
     def save(self, value: float, source: str = "mqtt", config_threshold: Any = UNRECORDED) -> None:
         """Atomically replace the saved threshold. Raises ValueError for an invalid value, OSError on disk errors.
@@ -86,37 +85,7 @@ class ThresholdStore:
         value = float(value)
         if not is_valid_threshold(value):
             raise ValueError(f"threshold {value!r} is not a finite number in (0, {THRESHOLD_MAX:g}]")
-        directory = self.path.parent
-        directory.mkdir(parents=True, exist_ok=True)
         record: dict[str, Any] = {"threshold": value, "updated_at": utc_iso(time.time()), "source": source}
         if config_threshold is not UNRECORDED:
             record["config_threshold"] = config_threshold
-        body = json.dumps(record)
-        fd, tmp_name = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(body + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp_name, self.path)
-        except BaseException:
-            try:
-                os.unlink(tmp_name)
-            except OSError:
-                pass
-            raise
-        _fsync_dir(directory)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename in ``directory`` durable."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        write_private_atomic(self.path, json.dumps(record) + "\n")
