@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any, Optional
 
+from edge_monitor.atomic_file import write_private_atomic
 from edge_monitor.events import utc_iso
 
 _LOGGER = logging.getLogger(__name__)
@@ -100,29 +99,8 @@ class FeedbackStore:
         return dict(entry)
 
     def _write(self, entries: dict[str, dict[str, Any]]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps({"version": 1, "machine": self.machine_id, "alerts": entries}, indent=1)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=str(self.path.parent))
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-        try:
-            dir_fd = os.open(str(self.path.parent), os.O_RDONLY)
-        except OSError:
-            return
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_private_atomic(self.path, text)
 
 
 def false_alarm_clips(state_dir: Path) -> tuple[list[Path], list[str]]:
