@@ -43,6 +43,23 @@ def _config(tmp_path: Path, broker: Mosquitto, port: int) -> Path:
     return path
 
 
+def _text(driver, by: str, selector: str) -> str:
+    """Text of the first matching element, or "" while the page that has it is still loading."""
+    from selenium.common.exceptions import WebDriverException
+
+    try:
+        found = driver.find_elements(by, selector)
+        return found[0].text if found else ""
+    except WebDriverException:  # stale element or a page in the middle of loading
+        return ""
+
+
+def _wait_text(driver, by: str, selector: str, needle: str) -> None:
+    """Wait until the page shown after a click has ``needle`` in the element (clicks don't wait for the load)."""
+    wait_until(lambda: needle in _text(driver, by, selector), 20, interval_s=0.1,
+               what=f"{needle!r} in {selector}")
+
+
 def _shot(driver, name: str) -> None:
     folder = os.environ.get("EDGE_MONITOR_SCREENSHOTS")
     if folder:
@@ -66,7 +83,7 @@ def test_page_in_a_real_browser(tmp_path: Path, mosquitto: Mosquitto) -> None:
         assert driver.current_url == base + "/login"
         driver.find_element(By.ID, "password").send_keys("wrong password")
         driver.find_element(By.ID, "login").click()
-        assert "Wrong password" in driver.find_element(By.ID, "login-error").text
+        _wait_text(driver, By.ID, "login-error", "Wrong password")
         assert driver.find_elements(By.CSS_SELECTOR, "[data-machine]") == []
 
         driver.find_element(By.ID, "password").send_keys(PASSWORD)
@@ -78,7 +95,7 @@ def test_page_in_a_real_browser(tmp_path: Path, mosquitto: Mosquitto) -> None:
                    what="a score on the overview")
 
         driver.find_element(By.LINK_TEXT, "Demo fan (synthetic)").click()
-        assert driver.current_url == base + "/machine/web-fan"
+        wait_until(lambda: driver.current_url == base + "/machine/web-fan", 20, what="the machine page")
         # the page refreshes its alert table by itself when the alert and its clip arrive
         audio = wait_until(lambda: driver.find_elements(By.CSS_SELECTOR, "#alerts-table audio"), 60,
                            interval_s=0.5, what="an alert with its clip on the machine page")[0]
@@ -94,7 +111,7 @@ def test_page_in_a_real_browser(tmp_path: Path, mosquitto: Mosquitto) -> None:
         field.clear()
         field.send_keys("2.75")
         driver.find_element(By.ID, "threshold-set").click()
-        assert "Threshold changed" in driver.find_element(By.ID, "message").text
+        _wait_text(driver, By.ID, "message", "Threshold changed")
         wait_until(lambda: (collector.last(f"{PREFIX}/threshold/state") or None) and
                    collector.last(f"{PREFIX}/threshold/state").payload == b"2.75", 10,
                    what="threshold/state 2.75 on the broker")
@@ -105,7 +122,7 @@ def test_page_in_a_real_browser(tmp_path: Path, mosquitto: Mosquitto) -> None:
         episode = row.get_attribute("id")[len("alert-"):]
         row.find_element(By.NAME, "note").send_keys("door slammed")
         row.find_element(By.CSS_SELECTOR, 'button[value="false_alarm"]').click()
-        assert "Feedback saved" in driver.find_element(By.ID, "message").text
+        _wait_text(driver, By.ID, "message", "Feedback saved")
         assert "1 false alarm(s)" in driver.find_element(By.CSS_SELECTOR, ".fb-false").text
         stored = json.loads((tmp_path / "state" / "feedback-web-fan.json").read_text())
         assert stored["alerts"][episode]["verdict"] == "false_alarm"
