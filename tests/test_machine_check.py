@@ -194,12 +194,15 @@ def test_daemon_publishes_wrong_machine_in_telemetry(tmp_path: Path, mosquitto: 
         return [t for t in (json.loads(m.payload) for m in collector.on("test/mc/telemetry")) if "type_check" in t]
 
     try:
-        telemetry = wait_until(with_check, 60, what="telemetry carrying the type check")[-1]
+        wait_until(with_check, 60, what="telemetry carrying the type check")
         assert daemon.wait(60) == 0, daemon.log_text()
+        every = [json.loads(m.payload) for m in collector.on("test/mc/telemetry")]
     finally:
         daemon.stop()
         collector.close()
+    telemetry = with_check()[-1]
     assert telemetry["type_check"]["verdict"] == "mismatch" and telemetry["type_check"]["detected"] == "pump"
-    assert telemetry["health"]["counts"].get("wrong_machine") == 1
+    # the counts are totals since start; under load the verdict can reach telemetry a period before its count
+    assert max(t.get("health", {}).get("counts", {}).get("wrong_machine", 0) for t in every) == 1
     printed = [h for h in events_of(json_lines(daemon.log_text()), "health") if h["kind"] == "wrong_machine"]
     assert len(printed) == 1 and "configured fan" in printed[0]["detail"]
