@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -101,15 +100,6 @@ def test_the_default_site_is_not_offered_as_an_area() -> None:
 
 
 # --------------------------------------------------------------------------- real broker
-
-
-@pytest.fixture
-def sinks() -> Iterator[list[MqttSink]]:
-    """Sinks made by a test, closed afterwards."""
-    made: list[MqttSink] = []
-    yield made
-    for sink in made:
-        sink.close(timeout_s=2)
 
 
 def start_sink(made: list[MqttSink], broker: Mosquitto, state_dir: Path, **kwargs: object) -> MqttSink:

@@ -13,7 +13,6 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,15 +50,6 @@ class HealthLog:
         """Details of the mqtt_error events."""
         with self._lock:
             return [e.detail for e in self.events if e.kind == "mqtt_error"]
-
-
-@pytest.fixture
-def sinks() -> Iterator[list[MqttSink]]:
-    """Sinks made by a test, closed after it."""
-    made: list[MqttSink] = []
-    yield made
-    for sink in made:
-        sink.close(timeout_s=2)
 
 
 def new_sink(made: list[MqttSink], host: str, port: int, state_dir: Path, health: HealthLog, *,

@@ -7,7 +7,6 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,15 +44,6 @@ def make_alert(n: int, kind: str = "start") -> AlertEvent:
     return AlertEvent(id=str(uuid.uuid4()), type=kind, machine=MACHINE.id, score=2.0 + n, threshold=1.5,
                       started_at_s=now - 3.0, ended_at_s=now if kind == "end" else None, model="fan-ae",
                       episode="ep", clip=f"/var/lib/edge-monitor/clips/{n}.wav" if kind == "start" else None)
-
-
-@pytest.fixture
-def sinks() -> Iterator[list[MqttSink]]:
-    """Sinks created by a test, closed afterwards."""
-    made: list[MqttSink] = []
-    yield made
-    for sink in made:
-        sink.close(timeout_s=2)
 
 
 def new_sink(made: list[MqttSink], broker: Mosquitto, state_dir: Path, *, threshold: float = 1.5,
