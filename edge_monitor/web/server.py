@@ -135,6 +135,11 @@ class WebServer:
         self._thread: Optional[threading.Thread] = None
 
     @property
+    def app(self) -> WebApp:
+        """The site it serves."""
+        return self._server.app
+
+    @property
     def port(self) -> int:
         """The port it listens on (useful with port 0)."""
         return int(self._server.server_address[1])
