@@ -22,11 +22,13 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from edge_monitor.events import utc_iso
+from edge_monitor.features import FeatureSpec
 from edge_monitor.threshold_store import THRESHOLD_MAX, is_valid_threshold
 from edge_monitor.web import metrics as prom
 from edge_monitor.web.auth import COOKIE_NAME, Auth, Session
 from edge_monitor.web.charts import score_chart_svg
 from edge_monitor.web.feedback import MAX_NOTE_CHARS, VERDICTS, FeedbackError, FeedbackStore
+from edge_monitor.web.spectrogram import SpectrogramCache, SpectrogramError, marks_in_clip, placeholder_svg
 from edge_monitor.web.view import HISTORY_SECONDS, AlertRecord, MachineView
 
 _LOGGER = logging.getLogger(__name__)
@@ -90,6 +92,7 @@ class MachinePort:
     publish_feedback: Callable[[dict[str, Any]], bool] = lambda payload: False
     clips_dir: Optional[Path] = None
     hop_seconds: float = 0.5
+    spec: FeatureSpec = dataclasses.field(default_factory=FeatureSpec)  # the model's features (spectrograms)
 
 
 def esc(value: Any) -> str:
@@ -124,6 +127,7 @@ class WebApp:
         self.auth = auth
         self.secure_cookies = secure_cookies
         self.clock = clock
+        self.spectrograms = SpectrogramCache()
 
     # ------------------------------------------------------------ dispatch
 
@@ -209,6 +213,8 @@ class WebApp:
                     return self._page(port.name, self._machine_page(port, session, req.query.get("m")), session)
                 if rest == "chart.svg" and method == "GET":
                     return Response(200, self.chart(port).encode(), "image/svg+xml", [("Cache-Control", "no-store")])
+                if rest.startswith("spectrogram/") and method == "GET":
+                    return self._spectrogram(port, rest[len("spectrogram/"):])
                 if rest == "alerts" and method == "GET":
                     return Response(200, self._alerts_table(port, session).encode())
                 if rest == "threshold" and method == "POST":
@@ -359,7 +365,12 @@ class WebApp:
     def _alert_row(self, port: MachinePort, session: Session, a: AlertRecord) -> str:
         if a.clip_id is not None:
             clip = (f'<audio controls preload="metadata" src="/clips/{esc(port.id)}/{esc(a.clip_id)}.wav"></audio>'
-                    f' <a href="/clips/{esc(port.id)}/{esc(a.clip_id)}.wav" download>download</a>')
+                    f' <a href="/clips/{esc(port.id)}/{esc(a.clip_id)}.wav" download>download</a>'
+                    f'<br><img class="spectrogram" loading="lazy" '
+                    f'src="/machine/{esc(port.id)}/spectrogram/{esc(a.clip_id)}.png" alt="log-mel spectrogram of '
+                    f'the clip" title="log-mel spectrogram: time left to right, {port.spec.fmin:g}-'
+                    f'{port.spec.fmax_hz:g} Hz bottom to top, louder brighter; white lines: the alert\'s start '
+                    'and end">')
         else:
             clip = "being written…" if a.clip_pending else "—"
         end = _time(a.ended_at_s) if a.ended_at_s is not None else "ongoing"
@@ -429,13 +440,32 @@ class WebApp:
         code = "feedback-ok" if published else "feedback-local"
         return Response(303, headers=[("Location", f"/machine/{port.id}?m={code}#alert-{episode}")])
 
-    def _clip(self, port: MachinePort, name: str, range_header: Optional[str]) -> Response:
-        clip_id = name[:-4] if name.endswith(".wav") else ""
+    def _clip_path(self, port: MachinePort, clip_id: str) -> Optional[Path]:
+        """The clip's file in the machine's clips folder, or None for a name that is not a clip id."""
         if port.clips_dir is None or not CLIP_ID.fullmatch(clip_id):
-            return self._text(404, "no such clip")
+            return None
         folder = port.clips_dir.resolve()
         path = (folder / f"{clip_id}.wav").resolve()
-        if path.parent != folder:
+        return path if path.parent == folder else None
+
+    def _spectrogram(self, port: MachinePort, name: str) -> Response:
+        clip_id = name[:-4] if name.endswith(".png") else ""
+        path = self._clip_path(port, clip_id)
+        if path is None:
+            return self._text(404, "no such clip")
+        record = next((a for a in port.view.alerts() if a.clip_id == clip_id), None)
+        marks = marks_in_clip(record.clip_started_at_s, record.started_at_s, record.ended_at_s) if record else []
+        try:
+            png = self.spectrograms.png(path, port.spec, marks)
+        except SpectrogramError as exc:  # the picture says why; the page itself never breaks
+            return Response(200, placeholder_svg(str(exc)).encode(), "image/svg+xml", [("Cache-Control", "no-store")])
+        cache = "private, max-age=3600" if record is None or record.ended_at_s is not None else "no-store"
+        return Response(200, png, "image/png", [("Cache-Control", cache)])
+
+    def _clip(self, port: MachinePort, name: str, range_header: Optional[str]) -> Response:
+        clip_id = name[:-4] if name.endswith(".wav") else ""
+        path = self._clip_path(port, clip_id)
+        if path is None:
             return self._text(404, "no such clip")
         try:
             data = path.read_bytes()

@@ -100,7 +100,7 @@ def build_web(daemon: Daemon) -> Optional[WebServer]:
             feedback=FeedbackStore(Path(m.cfg.state_dir), m.id), threshold=threshold,
             set_threshold=_threshold_setter(m), stats=stats,
             publish_feedback=sink.publish_feedback if sink is not None else (lambda payload: False),
-            clips_dir=clips_dir, hop_seconds=m.cfg.detection.window_hop_seconds))
+            clips_dir=clips_dir, hop_seconds=m.cfg.detection.window_hop_seconds, spec=m.pipeline.spec))
         view.state = m.pipeline.detector.state
     tls = web.tls
     try:

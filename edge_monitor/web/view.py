@@ -45,6 +45,7 @@ class AlertRecord:
     reason: Optional[str]
     clip_id: Optional[str]     # file name without .wav, once announced complete
     clip_pending: bool         # a clip is being written
+    clip_started_at_s: Optional[float] = None  # UNIX time of the clip's first sample
 
 
 def _snapshot(d: collections.deque) -> tuple:
@@ -113,7 +114,7 @@ class MachineView:
 
     def alerts(self) -> list[AlertRecord]:
         """Alert episodes, newest first."""
-        clips = {c.alert_id: c.id for c in _snapshot(self.clips)}
+        clips = {c.alert_id: c for c in _snapshot(self.clips)}
         starts: dict[str, AlertEvent] = {}
         ends: dict[str, AlertEvent] = {}
         order: list[str] = []
@@ -131,14 +132,16 @@ class MachineView:
             s, e = starts.get(key), ends.get(key)
             first = s or e
             assert first is not None
-            clip_id = clips.get(s.id) if s is not None else None
+            clip = clips.get(s.id) if s is not None else None
+            clip_id = clip.id if clip is not None else None
             out.append(AlertRecord(
                 episode=key, alert_id=first.id, started_at_s=first.started_at_s,
                 ended_at_s=e.ended_at_s if e is not None else None,
                 start_score=s.score if s is not None else float("nan"),
                 end_score=e.score if e is not None else None, threshold=first.threshold,
                 label=first.label, reason=e.reason if e is not None else None, clip_id=clip_id,
-                clip_pending=clip_id is None and s is not None and s.clip is not None))
+                clip_pending=clip_id is None and s is not None and s.clip is not None,
+                clip_started_at_s=clip.started_at_s if clip is not None else None))
         return out
 
     def peak_score(self, record: AlertRecord) -> float:
