@@ -350,10 +350,11 @@ def collect(model_arg: Optional[str], seconds: float, progress: Callable[[str], 
 
     ref_seconds = min(seconds, REFERENCE_SECONDS)
     result["librosa_seconds"] = ref_seconds
+    librosa: Any = None
     try:
-        import librosa  # dev dependency only; never on the daemon's import path
+        import librosa  # type: ignore[no-redef]  # dev dependency only; never on the daemon's import path
     except ImportError:
-        librosa = None
+        pass
     if librosa is None:
         result["librosa_ratio"] = None
         result["notes"].append("librosa is not installed (pip install librosa): librosa_ratio not measured")

@@ -38,23 +38,30 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 
 from edge_monitor import sdnotify
-from edge_monitor.config import Config, ConfigError, check_against_model, load_config
+from edge_monitor.config import Config, ConfigError, SourceConfig, check_against_model, load_config
 from edge_monitor.detector import DetectorSettings
 from edge_monitor.episodes import EpisodeStore, restart_end
 from edge_monitor.events import AlertEvent, ClipEvent, Event, HealthEvent, ScoreEvent, StateEvent
 from edge_monitor.model import ModelBundle, ModelError, load_model
 from edge_monitor.pipeline import Pipeline, detector_settings
+from edge_monitor.sinks.base import Sink
 from edge_monitor.sinks.console import ConsoleSink
-from edge_monitor.sources.base import Source, SourceError
+from edge_monitor.sources.base import AlarmOutput, Block, Source, SourceError, alarm_output
 from edge_monitor.sources.factory import make_source, source_key
 from edge_monitor.sources.wavfile import WavFileSource
 from edge_monitor.threshold_store import UNRECORDED, ThresholdStore, is_valid_threshold
+
+if TYPE_CHECKING:  # imported where used: only configs that enable them pay for these modules
+    from edge_monitor.sinks.clips import ClipRecorder
+    from edge_monitor.sinks.mqtt import MqttSink
+    from edge_monitor.web.server import WebServer
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -75,7 +82,7 @@ RELOADABLE = {
 
 def changed_settings(old: Config, new: Config) -> list[str]:
     """Dotted names of the settings that differ between two configs (internal fields excluded)."""
-    out: list[str] = []
+    out: list[tuple[str, ...]] = []
 
     def walk(a: Any, b: Any, path: tuple[str, ...]) -> None:
         if dataclasses.is_dataclass(a) and dataclasses.is_dataclass(b) and type(a) is type(b):
@@ -127,7 +134,7 @@ class Machine:
     It owns the detector settings in force (one lock) and the threshold: see the module docstring.
     """
 
-    def __init__(self, cfg: Config, pipeline: Pipeline, sinks: list[Any], clips: Any = None,
+    def __init__(self, cfg: Config, pipeline: Pipeline, sinks: list[Sink], clips: Optional[ClipRecorder] = None,
                  threshold_store: Optional[ThresholdStore] = None, episodes: Optional[EpisodeStore] = None) -> None:
         self.cfg = cfg
         self.id = cfg.machine.id
@@ -139,6 +146,7 @@ class Machine:
         self.model_threshold = pipeline.runner.bundle.threshold
         self.runtime_threshold: Optional[float] = None  # set over MQTT (and persisted)
         self.threshold_listeners: list[Callable[[float], None]] = []  # e.g. MqttSink.show_threshold
+        self.alarm: Optional[AlarmOutput] = None  # the source's alarm output (serial: the Arduino's relay), if any
         self._settings_lock = threading.Lock()
         self._settings: DetectorSettings = pipeline.detector.settings  # the settings in force or about to be
         self._settings_dirty = False
@@ -200,10 +208,17 @@ class Machine:
             self._settings = settings
 
     def set_threshold(self, value: float) -> str:
-        """Runtime threshold (from MQTT, on paho's thread): apply and persist it. "" or a warning; ValueError refuses."""
+        """A threshold requested at run time (``threshold/set``, on paho's thread; the web page): validate, save,
+        apply and publish it. Returns "" or a warning (applied but not saved); ValueError refuses it.
+
+        All of it happens under the settings lock, which ``reload`` also holds while it decides and
+        publishes, so the value saved, the value in force and the value on ``threshold/state`` are the
+        same one, whichever of a reload and a request comes last.
+        """
         value = float(value)
         if not is_valid_threshold(value):
             raise ValueError(f"threshold {value!r} is not a finite number in (0, 1e9]")
+        warning = ""
         with self._settings_lock:
             current = self._settings
             clear = current.clear_threshold
@@ -211,15 +226,16 @@ class Machine:
                                                  clear_threshold=None if clear is not None and clear > value else clear)
             self._settings_dirty = True
             self.runtime_threshold = value
+            if self.threshold_store is not None:
+                try:
+                    self.threshold_store.save(value, source="mqtt", config_threshold=self.cfg.detection.threshold)
+                except OSError as exc:
+                    _LOGGER.error("%s: threshold %g applied but not saved to %s: %s", self.id, value,
+                                  self.threshold_store.path, exc.strerror)
+                    warning = f"applied but not saved: {exc.strerror}"
+            self.show_threshold(value)
         _LOGGER.info("%s: threshold set to %g", self.id, value)
-        if self.threshold_store is not None:
-            try:
-                self.threshold_store.save(value, source="mqtt", config_threshold=self.cfg.detection.threshold)
-            except OSError as exc:
-                _LOGGER.error("%s: threshold %g applied but not saved to %s: %s", self.id, value,
-                              self.threshold_store.path, exc.strerror)
-                return f"applied but not saved: {exc.strerror}"
-        return ""
+        return warning
 
     def reload(self, new: Config) -> list[str]:
         """Apply a validated config's reloadable settings. Returns the changed settings that need a restart.
@@ -235,11 +251,12 @@ class Machine:
             self._settings_dirty = True
             if yaml_changed:
                 self.runtime_threshold = None
+                if runtime is not None and self.threshold_store is not None:
+                    self.threshold_store.clear()
+            self.show_threshold(settings.threshold)
         if yaml_changed and runtime is not None:
             _LOGGER.info("%s: detection.threshold changed in the YAML; it replaces the threshold %g set at run time",
                          self.id, runtime)
-            if self.threshold_store is not None:
-                self.threshold_store.clear()
         keep = {tuple(k.split(".")) for k in restart}
         detection = new.detection
         if ("detection", "window_hop_seconds") in keep:
@@ -248,7 +265,6 @@ class Machine:
                                      clipping_fraction=new.health.clipping_fraction)
         self.cfg = dataclasses.replace(self.cfg, detection=detection, health=health, log_level=new.log_level,
                                        key_lines=new.key_lines)
-        self.show_threshold(settings.threshold)
         return restart
 
     def show_threshold(self, value: float) -> None:
@@ -261,7 +277,7 @@ class Machine:
 
     # ------------------------------------------------------------ audio
 
-    def process(self, block: Any, source: Any) -> None:
+    def process(self, block: Block, source: Optional[Source]) -> None:
         """Run one block through this machine's pipeline and deliver the events."""
         if self.recording_start_s is None and isinstance(source, WavFileSource):
             self.recording_start_s = block.t_s
@@ -280,15 +296,15 @@ class Machine:
                 bad = int(mono.size - int(np.isfinite(mono).sum()))
                 self.deliver([HealthEvent("invalid_samples", self.id, block.t_s,
                                           f"the source delivered {bad} NaN or infinite sample(s) in one block; "
-                                          "such audio is not scored")], source)
+                                          "such audio is not scored")])
             return
         if self._invalid_samples:
             self._invalid_samples = False
             self.pipeline.reset()  # no window may mix audio from before and after the bad stretch
-            self.deliver([HealthEvent("invalid_samples_end", self.id, block.t_s, "samples are valid again")], source)
+            self.deliver([HealthEvent("invalid_samples_end", self.id, block.t_s, "samples are valid again")])
         if self.clips is not None:
             self.clips.push(mono, block.t_s)
-        self.deliver(self.pipeline.process_mono(mono, block.t_s), source)
+        self.deliver(self.pipeline.process_mono(mono, block.t_s))
 
     def recording_offset_s(self, t_s: float) -> Optional[float]:
         """Seconds into the recording of UNIX time ``t_s`` when the source is a file, else None."""
@@ -297,7 +313,7 @@ class Machine:
         offset = t_s - self.recording_start_s
         return offset % self._recording_loop_s if self._recording_loop_s > 0 else offset
 
-    def deliver(self, events: list[Event], source: Any = None) -> None:
+    def deliver(self, events: Sequence[Event]) -> None:
         """Attach clips, record telemetry, remember open episodes, send to every sink."""
         for event in events:
             if isinstance(event, ScoreEvent):
@@ -323,9 +339,9 @@ class Machine:
             elif isinstance(event, StateEvent):
                 self.state = event.state
                 _LOGGER.info("%s: state %s", self.id, event.state)
-                if source is not None and hasattr(source, "set_alarm") and event.state in ("anomaly", "normal"):
+                if self.alarm is not None and event.state in ("anomaly", "normal"):
                     try:
-                        source.set_alarm(event.state == "anomaly")
+                        self.alarm.set_alarm(event.state == "anomaly")
                     except SourceError as exc:
                         _LOGGER.warning("%s: cannot drive the alarm output: %s", self.id, exc)
             elif isinstance(event, HealthEvent):
@@ -561,8 +577,8 @@ class Daemon:
         self.reload_requested = threading.Event()
         self.machines: list[Machine] = []
         self.workers: list[SourceWorker] = []
-        self.mqtt: dict[str, Any] = {}
-        self.web: Any = None  # edge_monitor.web.server.WebServer when a config enables web:
+        self.mqtt: dict[str, MqttSink] = {}
+        self.web: Optional[WebServer] = None  # when a config enables web:
 
     # ---------------------------------------------------------------- build
 
@@ -583,7 +599,7 @@ class Daemon:
                                    f"the outbox {real}; one machine could publish the other's alerts (give each its "
                                    "own mqtt.outbox_path, or leave it unset)"])
         groups: dict[tuple, list[Machine]] = {}
-        group_cfg: dict[tuple, Any] = {}
+        group_cfg: dict[tuple, SourceConfig] = {}
         for cfg in self.configs:
             machine = self._build_machine(cfg)
             self.machines.append(machine)
@@ -599,6 +615,8 @@ class Daemon:
             src_cfg = group_cfg[key]
             stall_s = min(m.cfg.health.source_timeout_seconds for m in machines)
             source = make_source(src_cfg, machines[0].pipeline.spec.sample_rate, stall_s)
+            for m in machines:
+                m.alarm = alarm_output(source)
             retry = min(m.cfg.health.retry_max_seconds for m in machines)
             self.workers.append(SourceWorker(source, machines, self.stop_event, retry, stop_at_eof=not src_cfg.loop))
         if any(c.web.enabled for c in self.configs):
@@ -613,11 +631,11 @@ class Daemon:
             raise ConfigError(problems)
         pipeline = Pipeline.from_config(cfg, runner)
         state_dir = Path(cfg.state_dir)
-        sinks: list[Any] = []
+        sinks: list[Sink] = []
         console = ConsoleSink(sys.stdout) if self.print_events else None
         if console is not None:
             sinks.append(console)
-        clips = None
+        clips: Optional[ClipRecorder] = None
         clips_dir = Path(cfg.clips.dir) if cfg.clips.dir else state_dir / "clips"
         if cfg.clips.enabled:
             from edge_monitor.sinks.clips import ClipRecorder
@@ -635,7 +653,7 @@ class Daemon:
             from edge_monitor.sinks.mqtt import MqttSink
             _make_private_dir(state_dir)
             sink = MqttSink(cfg.mqtt, cfg.machine, state_dir, runner.bundle.ident, machine.settings.threshold,
-                            on_threshold_set=machine.set_threshold, persist_threshold=False,
+                            on_threshold_set=machine.set_threshold,
                             on_health=lambda event: machine.deliver([event]),
                             clips_dir=clips_dir if clips is not None else None)
             sinks.append(sink)

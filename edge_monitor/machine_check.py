@@ -22,13 +22,16 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
 from edge_monitor.events import Event, HealthEvent
 from edge_monitor.features import StreamingExtractor, to_mono_float
 from edge_monitor.model import ModelError, ModelRunner, load_model
+
+if TYPE_CHECKING:
+    from edge_monitor.config import Config
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -185,7 +188,7 @@ class MachineTypeCheck:
         self._rows = self._rows[:0]
 
 
-def make_type_check(cfg: Any, sample_rate_hz: int, silence_dbfs: float) -> Optional[MachineTypeCheck]:
+def make_type_check(cfg: Config, sample_rate_hz: int, silence_dbfs: float) -> Optional[MachineTypeCheck]:
     """The daemon's check for a Config, or None when it is off or cannot apply (logged). Raises ModelError."""
     m = cfg.machine
     if not m.type_check_model:

@@ -20,7 +20,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import numpy as np
 
@@ -31,6 +31,9 @@ from edge_monitor.machine_check import MachineTypeCheck, TypeCheckResult, make_t
 from edge_monitor.model import ModelRunner
 from edge_monitor.sources.base import Block
 
+if TYPE_CHECKING:
+    from edge_monitor.config import Config
+
 CLIP_LEVEL = 0.99  # |sample| at or above this counts as full scale (10-bit ADCs top out at 0.998)
 
 
@@ -39,7 +42,7 @@ def rms_dbfs(mean_square: float) -> float:
     return 10.0 * math.log10(mean_square) if mean_square > 1e-16 else -160.0
 
 
-def detector_settings(cfg: Any, model_threshold: float) -> DetectorSettings:
+def detector_settings(cfg: Config, model_threshold: float) -> DetectorSettings:
     """DetectorSettings from a Config's detection and health sections, defaulting to the model's threshold."""
     d, h = cfg.detection, cfg.health
     return DetectorSettings(
@@ -76,7 +79,7 @@ class Pipeline:
         self.reset()
 
     @classmethod
-    def from_config(cls, cfg: Any, runner: ModelRunner, id_factory: Any = None) -> Pipeline:
+    def from_config(cls, cfg: Config, runner: ModelRunner, id_factory: Optional[Callable[[], str]] = None) -> Pipeline:
         """Build from a Config and a loaded model."""
         kwargs = {"id_factory": id_factory} if id_factory else {}
         det = Detector(detector_settings(cfg, runner.bundle.threshold), cfg.machine.id, runner.bundle.ident, **kwargs)

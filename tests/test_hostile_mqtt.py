@@ -249,7 +249,12 @@ def test_fuzz_every_subscribed_topic_with_a_live_sink(tmp_path: Path, mosquitto:
     applied: list[float] = []
     health = HealthLog()
     config = MqttConfig(enabled=True, host=mosquitto.host, port=mosquitto.port, keepalive_seconds=5)
-    sink = MqttSink(config, MACHINE, tmp_path / "state", "fan-ae", 1.5, on_threshold_set=applied.append,
+
+    def apply(value: float) -> None:  # the owner's side: apply and publish what is in force
+        applied.append(value)
+        sink.show_threshold(value)
+
+    sink = MqttSink(config, MACHINE, tmp_path / "state", "fan-ae", 1.5, on_threshold_set=apply,
                     reconnect_max_seconds=2, on_health=health)
     sinks.append(sink)
     watcher = Collector(mosquitto, [f"{PREFIX}/threshold/#", f"{PREFIX}/alert"])

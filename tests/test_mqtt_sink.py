@@ -461,11 +461,15 @@ def test_threshold_set_rejects_garbage_applies_valid_and_persists(mosquitto: Mos
                                                                   sinks: list[MqttSink]) -> None:
     state_dir = tmp_path / "state"
     applied: list[float] = []
+    store = ThresholdStore(state_dir, MACHINE.id)
 
     def on_set(value: float) -> None:
+        """The owner's side (the daemon's Machine): refuse, or save, apply and publish."""
         if value == 42.0:
             raise ValueError("above the model's maximum score")
+        store.save(value, source="mqtt")
         applied.append(value)
+        sink.show_threshold(value)
 
     watcher = Collector(mosquitto, [f"{PREFIX}/threshold/#"])
     sink = new_sink(sinks, mosquitto, state_dir, on_threshold_set=on_set)
@@ -495,6 +499,31 @@ def test_threshold_set_rejects_garbage_applies_valid_and_persists(mosquitto: Mos
     assert read_retained(mosquitto, f"{PREFIX}/threshold/state") == b"0.75"
     watcher.close()
 
+
+
+@pytest.mark.timeout(90)
+def test_threshold_set_is_only_a_request_the_sink_neither_applies_nor_saves(mosquitto: Mosquitto, tmp_path: Path,
+                                                                          sinks: list[MqttSink]) -> None:
+    """Without an owner to apply it, a valid threshold/set is refused; with one, what it shows is what goes out."""
+    state_dir = tmp_path / "state"
+    watcher = Collector(mosquitto, [f"{PREFIX}/threshold/#"])
+    sink = new_sink(sinks, mosquitto, state_dir, threshold=1.5)
+    watcher.wait_count(f"{PREFIX}/threshold/state", 1)
+    watcher.client.publish(f"{PREFIX}/threshold/set", b"0.75", qos=1)
+    (error,) = watcher.wait_count(f"{PREFIX}/threshold/error", 1)
+    assert "no threshold at run time" in error.json()["error"] and error.json()["threshold"] == 1.5
+    assert sink.threshold == 1.5 and ThresholdStore(state_dir, MACHINE.id).load() is None
+    assert [m.payload for m in watcher.on(f"{PREFIX}/threshold/state")] == [b"1.5"]
+    sink.close()
+
+    # an owner that applies something else than asked (e.g. a reload won the race): its value goes out
+    owner = new_sink(sinks, mosquitto, state_dir, threshold=1.5, on_threshold_set=lambda v: owner.show_threshold(2.0))
+    wait_until(lambda: owner.is_connected, what="second sink connected")
+    watcher.client.publish(f"{PREFIX}/threshold/set", b"0.5", qos=1)
+    wait_until(lambda: watcher.last(f"{PREFIX}/threshold/state").payload == b"2.0", what="the owner's value")
+    assert b"0.5" not in [m.payload for m in watcher.on(f"{PREFIX}/threshold/state")]
+    assert owner.threshold == 2.0 and ThresholdStore(state_dir, MACHINE.id).load() is None
+    watcher.close()
 
 def test_threshold_store_is_atomic_and_tolerates_corruption(tmp_path: Path,
                                                             caplog: pytest.LogCaptureFixture) -> None:

@@ -54,7 +54,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, cast
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -64,7 +64,7 @@ from edge_monitor.events import AlertEvent, ClipEvent, Event, HealthEvent, Score
 from edge_monitor.secrets import SecretError, read_secret, secret_path
 from edge_monitor.sinks import homeassistant
 from edge_monitor.sinks.outbox import Outbox
-from edge_monitor.threshold_store import THRESHOLD_MAX, ThresholdStore, is_valid_threshold
+from edge_monitor.threshold_store import THRESHOLD_MAX, is_valid_threshold
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -81,6 +81,10 @@ SHORT_SESSION_SECONDS = 10.0
 TAKEOVER_SESSIONS = 3
 """Short sessions within ``TAKEOVER_WINDOW_SECONDS`` that mean another client uses our client id."""
 TAKEOVER_WINDOW_SECONDS = 120.0
+
+
+ThresholdRequestHandler = Callable[[float], Optional[str]]
+"""Receives a ``threshold/set`` value; raises to refuse it, returns a warning text or None/"" when applied."""
 
 
 class MqttSetupError(Exception):
@@ -246,18 +250,20 @@ class MqttSink:
     """The MQTT sink of one machine (see the module docstring for topics and delivery)."""
 
     def __init__(self, cfg: MqttConfig, machine: MachineConfig, state_dir: Path, model_name: str,
-                 threshold: float, on_threshold_set: Optional[Callable[[float], None]] = None,
+                 threshold: float, on_threshold_set: Optional[ThresholdRequestHandler] = None,
                  client_factory: Optional[Callable[[str], paho.Client]] = None, *,
                  reconnect_min_seconds: float = 1.0, reconnect_max_seconds: float = 30.0,
-                 inflight_window: int = INFLIGHT_WINDOW, persist_threshold: bool = True,
+                 inflight_window: int = INFLIGHT_WINDOW,
                  on_health: Optional[Callable[[HealthEvent], None]] = None,
                  clips_dir: Optional[Path] = None) -> None:
         """Prepare the client and open the outbox; nothing touches the network before ``start()``.
 
-        ``on_threshold_set(value)`` applies a ``threshold/set`` value; it may raise to
-        refuse it, or return a warning text (applied but e.g. not saved). With
-        ``persist_threshold`` the sink saves accepted values itself; the daemon
-        passes False because the machine owns (and saves) its threshold.
+        ``on_threshold_set(value)`` receives every well-formed ``threshold/set`` value: a
+        request. The sink neither applies nor saves it; the owner (the daemon's Machine)
+        validates, saves and applies it and publishes the threshold in force through
+        ``show_threshold``. It raises to refuse the value (the reason goes out on
+        ``threshold/error``) or returns a warning text (applied, but e.g. not saved).
+        Without a handler every request is refused.
         ``on_health`` receives the sink's ``mqtt_error``/``mqtt_ok`` events.
         ``clips_dir`` is where ``clip/get`` requests are served from (None: they are refused).
 
@@ -278,7 +284,6 @@ class MqttSink:
             if why:
                 raise MqttSetupError(f"{name} {topic!r} cannot be used: {why}")
         self.topics = Topics(prefix)
-        self._threshold_store = ThresholdStore(state_dir, machine.id) if persist_threshold else None
 
         password = read_password(cfg)
 
@@ -395,7 +400,7 @@ class MqttSink:
 
     @property
     def threshold(self) -> float:
-        """The current threshold as last set (constructor or ``threshold/set``)."""
+        """The threshold last shown on ``threshold/state`` (constructor or ``show_threshold``)."""
         return self._threshold
 
     def stats(self) -> dict[str, Any]:
@@ -597,7 +602,7 @@ class MqttSink:
         sock = self._client.socket()
         if sock is not None:
             try:  # wakes paho's loop, which then reconnects with its back-off; the base method also for TLS
-                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+                socket.socket.shutdown(cast(socket.socket, sock), socket.SHUT_RDWR)
             except (OSError, TypeError):
                 pass
 
@@ -652,9 +657,9 @@ class MqttSink:
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         try:
             if message.topic == self.topics.threshold_set:
-                self._on_threshold_message(message.payload)
+                self._on_threshold_message(bytes(message.payload))
             elif message.topic == self.topics.clip_get:
-                self._on_clip_request(message.payload)
+                self._on_clip_request(bytes(message.payload))
             elif (self._cfg.homeassistant.enabled
                   and message.topic == f"{self._cfg.homeassistant.discovery_prefix}/status"
                   and message.payload.strip() == b"online"):
@@ -730,26 +735,17 @@ class MqttSink:
         if value is None:
             self._reject_threshold(payload, problem)
             return
-        warning = None
-        if self._on_threshold_set is not None:
-            try:
-                warning = self._on_threshold_set(value)
-            except Exception as exc:  # noqa: BLE001 - report whatever the daemon objects to
-                self._reject_threshold(payload, f"not applied: {exc}")
-                return
-        self._threshold = value
-        if self._threshold_store is not None:
-            try:
-                self._threshold_store.save(value, source="mqtt")
-            except OSError as exc:
-                _LOGGER.error("MQTT: threshold %g applied but not saved to %s: %s", value,
-                              self._threshold_store.path, exc.strerror)
-                warning = f"applied but not saved: {exc.strerror}"
-        if isinstance(warning, str) and warning:
+        if self._on_threshold_set is None:
+            self._reject_threshold(payload, "this monitor takes no threshold at run time")
+            return
+        try:
+            warning = self._on_threshold_set(value)  # the owner applies it and calls show_threshold
+        except Exception as exc:  # noqa: BLE001 - report whatever the owner objects to
+            self._reject_threshold(payload, f"not applied: {exc}")
+            return
+        if warning:
             self._publish_threshold_error(payload, warning)
-        with self._state_lock:
-            self._client.publish(self.topics.threshold_state, repr(value), qos=0, retain=True)
-        _LOGGER.info("MQTT: threshold of %s set to %g", self._machine.id, value)
+        _LOGGER.info("MQTT: threshold of %s requested: %g", self._machine.id, value)
 
     def publish_feedback(self, payload: dict[str, Any]) -> bool:
         """Send a verdict on an alert on ``<prefix>/feedback``; False when it cannot be queued now."""
@@ -760,9 +756,9 @@ class MqttSink:
         return info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def show_threshold(self, value: float) -> None:
-        """The threshold in force changed elsewhere (reload, start-up): publish it on ``threshold/state``."""
-        self._threshold = float(value)
+        """The owner's threshold in force (set at run time, reloaded): publish it on retained ``threshold/state``."""
         with self._state_lock:
+            self._threshold = float(value)
             if self._client.is_connected() and not self._closed:
                 self._client.publish(self.topics.threshold_state, repr(self._threshold), qos=0, retain=True)
 

@@ -108,6 +108,7 @@ class Outbox:
                     (alert_id, payload, time.time()))
                 if cur.rowcount == 0:
                     return int(db.execute("SELECT seq FROM alerts WHERE id = ?", (alert_id,)).fetchone()[0])
+                assert cur.lastrowid is not None  # a row was inserted
                 seq = int(cur.lastrowid)
                 excess = self._depth + 1 - self.max_alerts
                 if excess > 0:

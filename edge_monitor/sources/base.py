@@ -45,3 +45,17 @@ class Source(Protocol):
 
     def close(self) -> None:
         """Release the device. Safe to call twice."""
+
+
+@runtime_checkable
+class AlarmOutput(Protocol):
+    """An optional capability of a source: an output on the device that follows the alarm (the Arduino's LED
+    and relay). The daemon drives it from the machine's state; sources without one simply lack the method."""
+
+    def set_alarm(self, on: bool) -> bool:
+        """Switch the output; True if the device was told now, False if it will be told when it is back."""
+
+
+def alarm_output(source: object) -> Optional[AlarmOutput]:
+    """``source`` as an AlarmOutput when it has one, else None."""
+    return source if isinstance(source, AlarmOutput) else None

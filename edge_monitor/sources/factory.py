@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from edge_monitor.sources.base import Source
 
+if TYPE_CHECKING:
+    from edge_monitor.config import SourceConfig
 
-def source_key(cfg: Any) -> tuple:
+
+def source_key(cfg: SourceConfig) -> tuple:
     """Machines whose sources share this key share one device (e.g. one channel each of a mic array)."""
     if cfg.type == "microphone":
         return ("microphone", str(cfg.device), cfg.sample_rate)
@@ -16,7 +19,7 @@ def source_key(cfg: Any) -> tuple:
     return ("file", cfg.path)
 
 
-def make_source(cfg: Any, target_rate_hz: int, stall_timeout_s: float = 2.0) -> Source:
+def make_source(cfg: SourceConfig, target_rate_hz: int, stall_timeout_s: float = 2.0) -> Source:
     """A closed Source for ``cfg`` delivering ``target_rate_hz`` where the source can resample."""
     if cfg.type == "microphone":
         from edge_monitor.sources.microphone import MicrophoneSource

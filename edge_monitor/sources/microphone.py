@@ -20,12 +20,15 @@ import logging
 import threading
 import time
 import weakref
-from typing import Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import numpy as np
 
 from edge_monitor.sources.base import Block, SourceError
 from edge_monitor.sources.resample import StreamingResampler
+
+if TYPE_CHECKING:
+    from edge_monitor.config import SourceConfig
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -46,7 +49,7 @@ _OPEN_SOURCES_LOCK = threading.Lock()
 def import_sounddevice() -> Any:
     """Import python-sounddevice, turning a missing PortAudio library into a SourceError."""
     try:
-        import sounddevice
+        import sounddevice  # type: ignore[import-untyped]  # no type hints in python-sounddevice
     except OSError as exc:
         raise SourceError(f"the PortAudio library is not installed ({exc}); "
                           "install it with: sudo apt-get install libportaudio2") from None
@@ -112,7 +115,7 @@ class MicrophoneSource:
         self._reset_stream_state(capacity_frames=0)
 
     @classmethod
-    def from_config(cls, cfg: Any, target_rate_hz: int, *, stall_timeout_s: float = 2.0) -> MicrophoneSource:
+    def from_config(cls, cfg: SourceConfig, target_rate_hz: int, *, stall_timeout_s: float = 2.0) -> MicrophoneSource:
         """Build from a ``SourceConfig`` (type: microphone); opens channels 0..max(cfg.channels)."""
         return cls(cfg.device, channels=max(cfg.channels) + 1, device_rate_hz=cfg.sample_rate,
                    target_rate_hz=target_rate_hz, block_seconds=cfg.block_seconds,
@@ -370,6 +373,7 @@ class MicrophoneSource:
     def _resampled(self, samples: np.ndarray, first_frame: int, gap_frames: int) -> Optional[Block]:
         """Feed the resampler; restart it after a gap so timing stays exact."""
         resampler = self._resampler
+        assert resampler is not None  # only called when the device rate differs from the target
         if gap_frames > 0 or resampler.input_frames == 0:
             resampler.reset()
             self._resample_origin_frame = first_frame

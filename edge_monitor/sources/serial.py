@@ -19,12 +19,15 @@ import math
 import queue
 import threading
 import time
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
 from edge_monitor.sources import serial_protocol as sp
 from edge_monitor.sources.base import Block, SourceError
+
+if TYPE_CHECKING:
+    from edge_monitor.config import SourceConfig
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -53,7 +56,7 @@ class SerialPortInfo:
 
 def list_serial_ports() -> list[SerialPortInfo]:
     """Serial ports on this machine, most likely Arduinos first (for ``edge-monitor devices``)."""
-    from serial.tools import list_ports
+    from serial.tools import list_ports  # type: ignore[import-untyped]  # pyserial ships no type hints
 
     ports = []
     for p in list_ports.comports():
@@ -91,7 +94,7 @@ class SerialSource:
         max_blocks = max(4, math.ceil(buffer_seconds * sample_rate / sp.DEFAULT_BLOCK_SAMPLES))
         self._queue: queue.Queue = queue.Queue(maxsize=max_blocks)
         self._decoder = sp.FrameDecoder()
-        self._serial = None
+        self._serial: Any = None  # a serial.Serial while open (pyserial ships no type hints)
         self._thread: Optional[threading.Thread] = None
         self._stop = threading.Event()
         self._write_lock = threading.Lock()
@@ -105,16 +108,16 @@ class SerialSource:
         self._reset_stream_state()
 
     @classmethod
-    def from_config(cls, cfg, *, stall_timeout_s: Optional[float] = 2.0) -> SerialSource:
+    def from_config(cls, cfg: SourceConfig, *, stall_timeout_s: Optional[float] = 2.0) -> SerialSource:
         """Build from an ``edge_monitor.config.SourceConfig`` (port, baud, sample_rate, buffer_seconds)."""
-        return cls(cfg.port, baud=cfg.baud, sample_rate=cfg.sample_rate, buffer_seconds=cfg.buffer_seconds,
+        return cls(cfg.port or "", baud=cfg.baud, sample_rate=cfg.sample_rate, buffer_seconds=cfg.buffer_seconds,
                    stall_timeout_s=stall_timeout_s)
 
     # ---- Source protocol -------------------------------------------------
 
     def open(self) -> None:
         """Open the port, start the reader thread and ask the device to stream; SourceError if the port is missing."""
-        import serial
+        import serial  # type: ignore[import-untyped]
 
         if self._thread is not None:
             return

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Callable, Optional, Union
 
 import numpy as np
 
 from edge_monitor.sources.base import Block, SourceError
 from edge_monitor.wavio import WavError, read_wav
+
+if TYPE_CHECKING:
+    from edge_monitor.config import SourceConfig
 
 
 class WavFileSource:
@@ -39,8 +42,10 @@ class WavFileSource:
         self._emitted = 0
 
     @classmethod
-    def from_config(cls, cfg: Any, expect_rate_hz: Optional[int] = None) -> WavFileSource:
+    def from_config(cls, cfg: SourceConfig, expect_rate_hz: Optional[int] = None) -> WavFileSource:
         """Build from a SourceConfig (type: file)."""
+        if not cfg.path:
+            raise ValueError("source.path is required with type: file")
         return cls(cfg.path, block_seconds=cfg.block_seconds, realtime=cfg.realtime, loop=cfg.loop,
                    expect_rate_hz=expect_rate_hz, min_channels=max(cfg.channels) + 1)
 
