@@ -73,7 +73,7 @@ def test_page_in_a_real_browser(tmp_path: Path, mosquitto: Mosquitto) -> None:
     collector = Collector(mosquitto, [f"{PREFIX}/#"])
     port = free_port()
     daemon = DaemonProcess(_config(tmp_path, mosquitto, port), tmp_path / "daemon.log")
-    driver = chromium_driver()
+    driver = chromium_driver(1000, 1060)  # tall enough for the alert row and its spectrogram in the screenshots
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: "web page on" in daemon.log_text() or not daemon.running, 30, what="the web server")
@@ -105,6 +105,12 @@ def test_page_in_a_real_browser(tmp_path: Path, mosquitto: Mosquitto) -> None:
         assert 3.5 <= duration <= 8.0, duration  # 2 s before the trigger + 2 s after, plus the trigger lookback
         state = driver.find_element(By.CSS_SELECTOR, '[data-field="state"]').text
         assert state in ("anomaly", "normal")
+        # the clip's log-mel spectrogram (a PNG of 128 mel rows for this model; a placeholder would be 300x48)
+        size = wait_until(lambda: driver.execute_script(
+            "var i = document.querySelector('#alerts-table img.spectrogram'); if (!i) { return null; }"
+            "i.scrollIntoView(); return i.complete && i.naturalWidth ? [i.naturalWidth, i.naturalHeight] : null;"),
+            20, interval_s=0.3, what="the clip's spectrogram in the browser")
+        assert size[1] == 128 and 100 <= size[0] <= 300, size  # 32 ms columns over the 3.5-8 s clip
         _shot(driver, "web-machine.png")
 
         field = driver.find_element(By.ID, "threshold-input")

@@ -3,7 +3,7 @@
 The picture is computed with ``edge_monitor.features`` from the machine model's own
 feature spec (the same code and settings the daemon scores with; an MFCC model's clip is
 drawn from its log-mel bands), so what you see is what the model heard: time left to
-right, low frequencies at the bottom, louder brighter, over the top 80 dB of the clip.
+right, low frequencies at the bottom, louder brighter, from the clip's quietest 2 % (at most 80 dB down) to its loudest.
 White vertical lines mark where the alert started and ended inside the clip.
 
 ``SpectrogramCache`` keeps the last few pictures in memory (a Pi has little RAM; a
@@ -29,6 +29,11 @@ from edge_monitor.features import FeatureError, FeatureSpec, extract, to_mono_fl
 from edge_monitor.wavio import WavError, read_wav
 
 DYNAMIC_RANGE_DB = 80.0
+"""At most this far below the clip's loudest band and frame is drawn; quieter is black."""
+FLOOR_PERCENTILE = 2.0
+"""The colours span from this percentile of the clip's levels (so a steady machine's clip has contrast) ..."""
+MIN_RANGE_DB = 20.0
+"""... over at least this many dB (a flat clip is not stretched into noise)."""
 MAX_COLUMNS = 900
 """Wider clips (over about 29 s at 32 ms a frame) are shrunk by taking each group's loudest frame."""
 TARGET_HEIGHT_PX = 128
@@ -112,7 +117,9 @@ def spectrogram_pixels(db: np.ndarray, marks_s: Sequence[float] = (), hop_second
         db = padded.reshape(-1, group, bands).max(axis=1)
     finite = db[np.isfinite(db)]
     top = float(finite.max()) if finite.size else 0.0
-    norm = (db - (top - DYNAMIC_RANGE_DB)) / DYNAMIC_RANGE_DB
+    floor = float(np.percentile(finite, FLOOR_PERCENTILE)) if finite.size else top - DYNAMIC_RANGE_DB
+    floor = min(max(floor, top - DYNAMIC_RANGE_DB), top - MIN_RANGE_DB)
+    norm = (db - floor) / (top - floor)
     image = colour(norm.T[::-1])  # (bands, columns, 3), highest band first (top of the picture)
     scale = max(1, TARGET_HEIGHT_PX // bands)
     if scale > 1:
