@@ -1,7 +1,7 @@
 """End to end over a serial cable: a recording played as the Arduino would → socat pty pair → ``edge-monitor run``.
 
 The board's part is played by the command-line player a maintenance engineer
-would use (``python -m edge_monitor.sources.serial_protocol --play``): the
+would use (``python -m edge_monitor.tools.serial_emulator --play``): the
 bundled SYNTHETIC demo fan (40 s, bearing fault from 15 s to 25 s), quantised
 to 10-bit ADC codes, in 128-sample frames with sequence numbers and CRCs, at
 real-time pace, answering the gateway's commands like the firmware. The daemon
@@ -36,6 +36,7 @@ from edge_monitor.model import load_model
 from edge_monitor.sources import serial_protocol as sp
 from edge_monitor.sources.base import SourceError
 from edge_monitor.sources.serial import START_TIMEOUT_SECONDS, SerialSource
+from edge_monitor.tools import serial_emulator as emu
 from edge_monitor.wavio import read_wav, write_wav
 from tests.helpers.daemon import (
     DEMO_FAULT_END_SECONDS,
@@ -177,7 +178,7 @@ def decode(data: bytes) -> list[sp.Frame]:
 
 def test_emulator_streams_the_recording_like_a_freshly_reset_board():
     codes = (np.arange(300) % 1024).astype(np.uint16)
-    board = sp.DeviceEmulator(codes)
+    board = emu.DeviceEmulator(codes)
     frames = []
     while (data := board.next_audio_frame()) is not None:
         frames += decode(data)
@@ -189,11 +190,11 @@ def test_emulator_streams_the_recording_like_a_freshly_reset_board():
 
 
 def test_emulator_answers_every_command_as_the_firmware_does():
-    board = sp.DeviceEmulator.from_samples(np.zeros(1000, dtype=np.int16))
+    board = emu.DeviceEmulator.from_samples(np.zeros(1000, dtype=np.int16))
     commands, out = board.receive(sp.ping_command() + sp.set_alarm_command(True) + b"\x00junk"
                                   + sp.encode_command(sp.Command.SET_ALARM, b"\x07") + bytes([0xC3, 0x3C]))
     replies = decode(out)
-    assert [sp.describe_command(c) for c in commands] == ["PING", "SET_ALARM on", "SET_ALARM args 07"]
+    assert [emu.describe_command(c) for c in commands] == ["PING", "SET_ALARM on", "SET_ALARM args 07"]
     assert [sp.parse_reply(r)[:2] for r in replies] == [(sp.Command.PING, sp.Status.OK),
                                                         (sp.Command.SET_ALARM, sp.Status.OK),
                                                         (sp.Command.SET_ALARM, sp.Status.BAD_ARG)]
@@ -206,7 +207,7 @@ def test_emulator_answers_every_command_as_the_firmware_does():
 
 
 def test_emulator_stop_start_and_rate_change_restart_the_sequence():
-    board = sp.DeviceEmulator.from_samples(np.zeros(16000, dtype=np.float32), loop=True)
+    board = emu.DeviceEmulator.from_samples(np.zeros(16000, dtype=np.float32), loop=True)
     for _ in range(3):
         board.next_audio_frame()
     board.receive(sp.start_command() + sp.set_rate_command(16000))  # no change: no restart
@@ -225,10 +226,12 @@ def test_emulator_stop_start_and_rate_change_restart_the_sequence():
         assert board.next_audio_frame() is not None
 
 
-def test_player_refuses_a_recording_at_a_rate_the_board_cannot_stream(tmp_path: Path):
+@pytest.mark.parametrize("module", ["edge_monitor.tools.serial_emulator",
+                                    "edge_monitor.sources.serial_protocol"])  # the command's former home still works
+def test_player_refuses_a_recording_at_a_rate_the_board_cannot_stream(tmp_path: Path, module: str):
     wav = tmp_path / "cd.wav"
     write_wav(wav, np.zeros(4410, dtype=np.float32), 44100)
-    done = subprocess.run([sys.executable, "-m", "edge_monitor.sources.serial_protocol", "--play", str(wav),
+    done = subprocess.run([sys.executable, "-m", module, "--play", str(wav),
                            "--port", str(tmp_path / "nowhere")], cwd=REPO_ROOT, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 2 and "44100 Hz" in done.stderr and "resample" in done.stderr

@@ -10,7 +10,7 @@
   lets tests script exact byte streams (garbage, gaps, resets).
 - ``RecordingPlayer``: the board for a whole recording, in real time. It runs
   the command-line player a maintenance engineer would use
-  (``python -m edge_monitor.sources.serial_protocol --play FILE --port A
+  (``python -m edge_monitor.tools.serial_emulator --play FILE --port A
   --json``) as a child process and collects its events: when the stream
   started (the first sample's wall time) and every command the gateway sent.
 """
@@ -145,14 +145,14 @@ class FakeArduino:
 
 
 class RecordingPlayer:
-    """``python -m edge_monitor.sources.serial_protocol --play WAV --port PORT --json`` as a child process."""
+    """``python -m edge_monitor.tools.serial_emulator --play WAV --port PORT --json`` as a child process."""
 
     def __init__(self, port: str, wav: Path, *, loop: bool = False) -> None:
         """Start the player on ``port``; it streams once the gateway has sent its first bytes."""
         repo_root = Path(__file__).resolve().parents[2]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env["PYTHONPATH"] = str(repo_root) + os.pathsep + env.get("PYTHONPATH", "")
-        cmd = [sys.executable, "-m", "edge_monitor.sources.serial_protocol", "--play", str(wav), "--port", port,
+        cmd = [sys.executable, "-m", "edge_monitor.tools.serial_emulator", "--play", str(wav), "--port", port,
                "--json"]
         self.proc = subprocess.Popen(cmd + (["--loop"] if loop else []), cwd=repo_root, env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
