@@ -42,6 +42,8 @@ PUMP_S = (4.0, 10.0)
 """Where the benign pump runs in the test recording (seconds)."""
 FAULT_S = (30.0, 40.0)
 """The demo's bearing fault (15-25 s of the demo, which starts at 15 s of the test recording)."""
+AFTER_FAULT_S = (43.0, 55.0)
+"""Normal fan again, after the fault has faded out of the scored windows."""
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -77,13 +79,16 @@ def _write_recording(path: Path) -> None:
     write_wav(path, rec, RATE)
 
 
-def _config(folder: Path, model: Path, recording: Path, web_port: int) -> Path:
-    path = folder / f"{model.stem}.yaml"
+def _config(folder: Path, model: Path, recording: Path, web_port: int, threshold: float | None = None) -> Path:
+    path = folder / f"{model.stem}{'' if threshold is None else '-kept-threshold'}.yaml"
+    detection: dict[str, Any] = {"trigger_k": 3, "trigger_n": 5, "clear_windows": 4, "cooldown_seconds": 5}
+    if threshold is not None:
+        detection["threshold"] = threshold
     path.write_text(yaml.safe_dump({
         "machine": {"id": MACHINE, "type": "fan", "name": "Loop fan (synthetic)"},
         "model": {"path": str(model)},
         "source": {"type": "file", "path": str(recording), "realtime": False},
-        "detection": {"trigger_k": 3, "trigger_n": 5, "clear_windows": 4, "cooldown_seconds": 5},
+        "detection": detection,
         "clips": {"enabled": True, "dir": str(folder / "state" / "clips")},
         "state_dir": str(folder / "state"),
         "web": {"enabled": True, "port": web_port},
@@ -197,10 +202,14 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out["after"] = _replay(_config(d, d / "after.tflite", recording, free_port()), recording)
     out["thresholds"] = [json.loads(_cli("score", "--model", str(d / f"{n}.tflite"), str(recording),
                                          "--json").stdout)["threshold"] for n in ("before", "after")]
+    out["kept"] = _replay(_config(d, d / "after.tflite", recording, free_port(), out["thresholds"][0]), recording)
     print("feedback loop:", json.dumps({
         "thresholds": out["thresholds"],
         "pump_peak": [_peak(*out[k][1:], PUMP_S) for k in ("before", "after")],
         "fault_peak": [_peak(*out[k][1:], FAULT_S) for k in ("before", "after")],
+        "normal_after_fault_peak": [_peak(*out[k][1:], AFTER_FAULT_S) for k in ("before", "after")],
+        "alerts_after_with_old_threshold": [round(a["recording_s"], 1) for a in out["kept"][0]
+                                            if a["type"] == "start"],
         "alerts_before": [round(a["recording_s"], 1) for a in out["before"][0] if a["type"] == "start"],
         "alerts_after": [round(a["recording_s"], 1) for a in out["after"][0] if a["type"] == "start"]}))
     return out
@@ -243,7 +252,15 @@ def test_after_retraining_the_pump_no_longer_alerts(loop: dict[str, Any]) -> Non
 def test_after_retraining_the_model_still_scores_the_fault_above_the_old_threshold(loop: dict[str, Any]) -> None:
     _, t, scores = loop["after"]
     assert _peak(t, scores, FAULT_S) > loop["thresholds"][0]
-    assert _peak(t, scores, (FAULT_S[1] + 3, FAULT_S[1] + 15)) < loop["thresholds"][0]  # normal after it stays calm
+    assert _peak(t, scores, AFTER_FAULT_S) < loop["thresholds"][0]  # normal after it stays calm
+
+
+def test_retrained_model_with_the_previous_threshold_keeps_the_fault_and_drops_the_pump(loop: dict[str, Any]) -> None:
+    """The workaround docs/web.md gives until training keeps feedback clips out of the held-out folds."""
+    alerts = loop["kept"][0]
+    assert _starts_in(alerts, PUMP_S) == [], alerts
+    assert len(_starts_in(alerts, FAULT_S)) == 1, alerts
+    assert len([a for a in alerts if a["type"] == "start"]) == 1, alerts
 
 
 @pytest.mark.xfail(strict=True, reason=(
