@@ -1,21 +1,28 @@
-"""What the gateway's web page costs the daemon: CPU with the page off, idle, and polled like a browser.
+"""What the gateway's web page costs the daemon: CPU with the page off, idle, and open in a browser.
 
-Each run starts the real daemon (``python -m edge_monitor run``) on the bundled
-SYNTHETIC demo recording replayed at real-time pace on a loop (one machine,
-16 kHz, clips on, MQTT off), waits for the first score and a warm-up, then
-measures its CPU share of one core (utime + stime from ``/proc/<pid>/stat``) over
-a window. Modes, interleaved so drifts in the machine's load hit all of them:
+For 1 and for 8 machines, each round starts three real daemons (``python -m
+edge_monitor run``) side by side, all on the bundled SYNTHETIC demo recording
+replayed at real-time pace on a loop (16 kHz, clips on, MQTT off; 8 machines are 8
+configs on the same file, so they share one source thread as 8 channels of one
+microphone array do):
 
-- ``off``: no ``web:`` section;
+- ``off``: no ``web:`` section (the reference);
 - ``idle``: the page served, nobody looking;
-- ``polled``: a client does what an open machine page does: ``/api/<machine>``
-  every window hop (0.5 s) and the SVG chart every 10 s, over one kept-alive
-  connection as a browser would.
+- ``polled``: a client does what a browser does with two tabs open, the overview and
+  the first machine's page, each over its own kept-alive connection: the overview
+  polls every machine's ``/api/<machine>`` every 2 s and reloads every chart every
+  10 s; the machine page polls ``/api/<machine>`` every window hop (0.5 s), reloads
+  its chart every 10 s, and when an alert or a clip arrives reloads the alert table
+  and fetches the spectrogram PNGs it has not seen (as the browser's lazy images do).
 
-It also reports the import time of the web package on top of the daemon's.
+After every daemon has scored and a warm-up, the CPU share of one core of each
+(utime + stime from ``/proc/<pid>/stat``) is measured over the same window, so the
+three see the same load from the rest of the machine: the figures to read are the
+same-round differences (percentage points) and ratios against ``off``. The start
+order rotates between rounds. Medians over the rounds, with min-max spread.
 
-    python -m benchmarks.web_page                 # 2 rounds, 30 s windows
-    python -m benchmarks.web_page --window-seconds 60 --rounds 3 --json
+    python -m benchmarks.web_page                        # 1 and 8 machines, 3 rounds, 30 s windows
+    python -m benchmarks.web_page --machines 1 --rounds 5 --window-seconds 60 --json
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import argparse
 import http.client
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -31,12 +39,15 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any, Optional
 
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "edge_monitor" / "demo"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+MODES = ("off", "idle", "polled")
+START_TIMEOUT_SECONDS = 60.0
 
 
 def _cpu_s(pid: int) -> float:
@@ -51,81 +62,196 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _config(folder: Path, web: bool, port: int) -> Path:
-    data = {"machine": {"id": "bench-fan", "type": "fan"}, "model": {"path": str(DEMO / "demo-fan.tflite")},
+def machine_ids(machines: int) -> list[str]:
+    """The benchmark's machine ids."""
+    return [f"bench-fan-{i + 1}" for i in range(machines)]
+
+
+def write_configs(folder: Path, machines: int, web_port: Optional[int]) -> list[Path]:
+    """One config per machine, all on the demo recording; ``web_port`` None: no page."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for mid in machine_ids(machines):
+        data: dict[str, Any] = {
+            "machine": {"id": mid, "type": "fan"}, "model": {"path": str(DEMO / "demo-fan.tflite")},
             "source": {"type": "file", "path": str(DEMO / "demo-fan.wav"), "realtime": True, "loop": True},
-            "clips": {"enabled": True, "pre_seconds": 3, "post_seconds": 3, "max_count": 20},
+            "clips": {"enabled": True, "dir": str(folder / "clips" / mid), "pre_seconds": 3, "post_seconds": 3,
+                      "max_count": 20},
             "state_dir": str(folder / "state")}
-    if web:
-        data["web"] = {"enabled": True, "port": port}
-    path = folder / "bench.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+        if web_port is not None:
+            data["web"] = {"enabled": True, "port": web_port}
+        path = folder / f"{mid}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        paths.append(path)
+    return paths
 
 
-def _poll(port: int, stop: threading.Event, counts: list[int]) -> None:
-    """What an open machine page does, over one kept-alive connection as a browser would."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    cookie = ""
-    last_chart = 0.0
-    while not stop.is_set():
-        paths = ["/api/bench-fan"]
-        if time.monotonic() - last_chart >= 10.0:
-            paths.append("/machine/bench-fan/chart.svg")
-            last_chart = time.monotonic()
-        for path in paths:
-            try:
-                conn.request("GET", path, headers={"Cookie": cookie} if cookie else {})
-                resp = conn.getresponse()
-                resp.read()
-                got = resp.getheader("Set-Cookie")
-                if got:
-                    cookie = got.split(";")[0]
-                counts[0] += 1
-            except (OSError, http.client.HTTPException):
-                counts[1] += 1
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-        stop.wait(0.5)
-    conn.close()
+class _Tab:
+    """One browser tab: a kept-alive connection and the session cookie."""
 
+    def __init__(self, port: int, counts: dict[str, int]) -> None:
+        self.port = port
+        self.counts = counts
+        self.cookie = ""
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
 
-def run_once(mode: str, warmup_s: float, window_s: float) -> dict:
-    """One daemon, one mode: CPU percent of one core over the window, and requests served."""
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        port = _free_port()
-        log = open(folder / "log", "wb")
-        env = dict(os.environ, PYTHONPATH=str(REPO))
-        proc = subprocess.Popen([sys.executable, "-m", "edge_monitor", "run", "--config",
-                                 str(_config(folder, mode != "off", port))], cwd=REPO, env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
-        stop = threading.Event()
-        counts = [0, 0]
+    def get(self, path: str) -> Optional[bytes]:
         try:
-            deadline = time.monotonic() + 30
-            while b"first score" not in (folder / "log").read_bytes():
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError((folder / "log").read_text())
-                time.sleep(0.1)
-            poller = None
-            if mode == "polled":
-                poller = threading.Thread(target=_poll, args=(port, stop, counts), daemon=True)
-                poller.start()
-            time.sleep(warmup_s)
-            c0, t0 = _cpu_s(proc.pid), time.monotonic()
-            counts[0] = counts[1] = 0
-            time.sleep(window_s)
-            c1, t1 = _cpu_s(proc.pid), time.monotonic()
-            stop.set()
-            if poller is not None:
-                poller.join(5)
+            self.conn.request("GET", path, headers={"Cookie": self.cookie} if self.cookie else {})
+            resp = self.conn.getresponse()
+            body = resp.read()
+            got = resp.getheader("Set-Cookie")
+            if got:
+                self.cookie = got.split(";")[0]
+            self.counts["requests"] += 1
+            if resp.status != 200:
+                self.counts["errors"] += 1
+                return None
+            return body
+        except (OSError, http.client.HTTPException):
+            self.counts["errors"] += 1
+            self.conn.close()
+            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+            return None
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _overview_tab(port: int, ids: list[str], stop: threading.Event, counts: dict[str, int]) -> None:
+    tab = _Tab(port, counts)
+    last_charts = 0.0
+    while not stop.is_set():
+        for mid in ids:
+            tab.get(f"/api/{mid}")
+        if time.monotonic() - last_charts >= 10.0:
+            last_charts = time.monotonic()
+            for mid in ids:
+                tab.get(f"/machine/{mid}/chart.svg")
+        stop.wait(2.0)
+    tab.close()
+
+
+def _machine_tab(port: int, mid: str, stop: threading.Event, counts: dict[str, int]) -> None:
+    tab = _Tab(port, counts)
+    tab.get(f"/machine/{mid}")
+    last_chart, seen, pictures = time.monotonic(), None, set()
+    while not stop.is_set():
+        body = tab.get(f"/api/{mid}")
+        if body is not None:
+            d = json.loads(body)
+            now = (d["alerts_total"], d["clips"])
+            if seen is not None and now != seen:
+                table = tab.get(f"/machine/{mid}/alerts") or b""
+                for src in re.findall(rb'src="(/machine/[^"]+/spectrogram/[^"]+\.png)"', table):
+                    if src not in pictures:
+                        pictures.add(src)
+                        if tab.get(src.decode()) is not None:
+                            counts["spectrograms"] += 1
+            seen = now
+        if time.monotonic() - last_chart >= 10.0:
+            last_chart = time.monotonic()
+            tab.get(f"/machine/{mid}/chart.svg")
+        stop.wait(0.5)
+    tab.close()
+
+
+class _Daemon:
+    """One daemon process for one mode."""
+
+    def __init__(self, folder: Path, mode: str, machines: int) -> None:
+        self.mode = mode
+        self.ids = machine_ids(machines)
+        self.port = _free_port() if mode != "off" else None
+        configs = write_configs(folder / mode, machines, self.port)
+        self.log_path = folder / mode / "log"
+        self._log = open(self.log_path, "wb")
+        args = [sys.executable, "-m", "edge_monitor", "run"]
+        for c in configs:
+            args += ["--config", str(c)]
+        self.proc = subprocess.Popen(args, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=self._log,
+                                     stderr=subprocess.STDOUT)
+
+    def scored(self) -> bool:
+        text = self.log_path.read_bytes()
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"the {self.mode} daemon exited: {text.decode(errors='replace')[-2000:]}")
+        return all(f"{mid}: first score".encode() in text for mid in self.ids)
+
+    def stop(self) -> int:
+        self.proc.terminate()
+        try:
+            return self.proc.wait(20)
         finally:
-            proc.terminate()
-            proc.wait(20)
-            log.close()
-        return {"mode": mode, "cpu_percent": 100.0 * (c1 - c0) / (t1 - t0), "requests": counts[0],
-                "request_errors": counts[1]}
+            self._log.close()
+
+
+def run_round(machines: int, warmup_s: float, window_s: float, order: list[str]) -> dict[str, Any]:
+    """Three daemons (off, idle, polled) side by side, measured over the same window."""
+    with tempfile.TemporaryDirectory() as tmp:
+        daemons: dict[str, _Daemon] = {}
+        stop = threading.Event()
+        counts = {"requests": 0, "errors": 0, "spectrograms": 0}
+        tabs: list[threading.Thread] = []
+        try:
+            for mode in order:
+                daemons[mode] = _Daemon(Path(tmp), mode, machines)
+            deadline = time.monotonic() + START_TIMEOUT_SECONDS
+            while not all(d.scored() for d in daemons.values()):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("not every daemon scored within "
+                                       f"{START_TIMEOUT_SECONDS:.0f} s")
+                time.sleep(0.1)
+            polled = daemons["polled"]
+            assert polled.port is not None
+            tabs = [threading.Thread(target=_overview_tab, args=(polled.port, polled.ids, stop, counts), daemon=True),
+                    threading.Thread(target=_machine_tab, args=(polled.port, polled.ids[0], stop, counts),
+                                     daemon=True)]
+            for t in tabs:
+                t.start()
+            time.sleep(warmup_s)
+            counts.update(requests=0, errors=0, spectrograms=0)
+            c0 = {m: _cpu_s(d.proc.pid) for m, d in daemons.items()}
+            t0 = time.monotonic()
+            time.sleep(window_s)
+            c1 = {m: _cpu_s(d.proc.pid) for m, d in daemons.items()}
+            t1 = time.monotonic()
+            served = dict(counts)
+            load = os.getloadavg()[0]
+        finally:
+            stop.set()
+            for t in tabs:
+                t.join(5)
+            codes = {m: d.stop() for m, d in daemons.items()}
+    cpu = {m: 100.0 * (c1[m] - c0[m]) / (t1 - t0) for m in MODES}
+    return {"cpu_percent": cpu, "served": served, "load_1m": load, "exit_codes": codes, "order": order}
+
+
+def _spread(values: list[float], digits: int = 3) -> dict[str, Any]:
+    return {"median": round(statistics.median(values), digits), "min": round(min(values), digits),
+            "max": round(max(values), digits), "runs": [round(v, digits) for v in values]}
+
+
+def run_scenario(machines: int, rounds: int, warmup_s: float, window_s: float) -> dict[str, Any]:
+    """``rounds`` rounds for ``machines`` machines; medians, spreads, same-round differences and ratios."""
+    results = []
+    for r in range(rounds):
+        order = list(MODES[r % 3:] + MODES[:r % 3])
+        print(f"{machines} machine(s): round {r + 1} of {rounds} (start order {', '.join(order)})", file=sys.stderr,
+              flush=True)
+        results.append(run_round(machines, warmup_s, window_s, order))
+    cpu = {m: _spread([res["cpu_percent"][m] for res in results]) for m in MODES}
+    diff = {m: _spread([res["cpu_percent"][m] - res["cpu_percent"]["off"] for res in results])
+            for m in ("idle", "polled")}
+    ratio = {m: _spread([res["cpu_percent"][m] / res["cpu_percent"]["off"] for res in results])
+             for m in ("idle", "polled")}
+    return {"machines": machines, "rounds": rounds, "window_seconds": window_s, "cpu_percent": cpu,
+            "minus_off_pp": diff, "ratio_to_off": ratio,
+            "requests": sum(res["served"]["requests"] for res in results),
+            "request_errors": sum(res["served"]["errors"] for res in results),
+            "spectrograms_fetched": sum(res["served"]["spectrograms"] for res in results),
+            "load_1m": [round(res["load_1m"], 2) for res in results],
+            "clean_exits": all(c == 0 for res in results for c in res["exit_codes"].values())}
 
 
 def import_cost_ms() -> float:
@@ -137,35 +263,41 @@ def import_cost_ms() -> float:
     return statistics.median(runs)
 
 
-def main() -> int:
-    """Run the rounds and print a table or JSON."""
+def format_report(out: dict[str, Any]) -> str:
+    """The human-readable table."""
+    lines = [f"import of the web package on top of the daemon: {out['import_ms']} ms"]
+    for s in out["scenarios"]:
+        lines.append(f"{s['machines']} machine(s), {s['rounds']} rounds of {s['window_seconds']:g} s "
+                     f"(load 1m {s['load_1m']}):")
+        for m in MODES:
+            c = s["cpu_percent"][m]
+            extra = ""
+            if m != "off":
+                d, r = s["minus_off_pp"][m], s["ratio_to_off"][m]
+                extra = (f"; {d['median']:+.3f} pp vs off ({d['min']:+.3f} to {d['max']:+.3f}), "
+                         f"x{r['median']:.3f} ({r['min']:.3f} to {r['max']:.3f})")
+            lines.append(f"  {m:6s} CPU {c['median']:.3f} % of a core ({c['min']:.3f} to {c['max']:.3f}){extra}")
+        lines.append(f"  polled: {s['requests']} requests, {s['request_errors']} errors, "
+                     f"{s['spectrograms_fetched']} spectrograms; clean exits: {s['clean_exits']}")
+    lines.append("target: page idle or open adds <= 0.3 percentage points")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Run the scenarios and print a table or JSON."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--machines", default="1,8", help="comma-separated machine counts (default 1,8)")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup-seconds", type=float, default=5.0)
     parser.add_argument("--window-seconds", type=float, default=30.0)
     parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
-    results: dict[str, list[dict]] = {"off": [], "idle": [], "polled": []}
-    for _ in range(args.rounds):
-        for mode in results:
-            results[mode].append(run_once(mode, args.warmup_seconds, args.window_seconds))
-    summary = {mode: {"cpu_percent_median": statistics.median(r["cpu_percent"] for r in runs),
-                      "cpu_percent_runs": [round(r["cpu_percent"], 3) for r in runs],
-                      "requests": sum(r["requests"] for r in runs),
-                      "request_errors": sum(r["request_errors"] for r in runs)} for mode, runs in results.items()}
-    out = {"window_seconds": args.window_seconds, "rounds": args.rounds, "import_ms": round(import_cost_ms(), 1),
-           "modes": summary,
-           "idle_minus_off_pp": summary["idle"]["cpu_percent_median"] - summary["off"]["cpu_percent_median"],
-           "polled_minus_off_pp": summary["polled"]["cpu_percent_median"] - summary["off"]["cpu_percent_median"]}
-    if args.json:
-        print(json.dumps(out))
-        return 0
-    print(f"import of the web package on top of the daemon: {out['import_ms']} ms")
-    for mode, s in summary.items():
-        print(f"{mode:7s} CPU {s['cpu_percent_median']:.3f} % of a core (runs {s['cpu_percent_runs']}), "
-              f"{s['requests']} requests, {s['request_errors']} errors")
-    print(f"idle - off: {out['idle_minus_off_pp']:+.3f} pp; polled - off: {out['polled_minus_off_pp']:+.3f} pp "
-          "(target: within 0.3 pp)")
+    args = parser.parse_args(argv)
+    counts = [int(c) for c in args.machines.split(",") if c.strip()]
+    if not counts or any(not 1 <= c <= 16 for c in counts) or args.rounds < 1:
+        parser.error("--machines: counts from 1 to 16; --rounds: at least 1")
+    out = {"import_ms": round(import_cost_ms(), 1),
+           "scenarios": [run_scenario(c, args.rounds, args.warmup_seconds, args.window_seconds) for c in counts]}
+    print(json.dumps(out) if args.json else format_report(out))
     return 0
 
 
