@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import math
 import os
 import re
@@ -168,6 +169,9 @@ class WebConfig:
     password_file: Optional[str] = _f(None, help="File holding the page's password (or a systemd credential "
                                       "name with credential:NAME)")
     tls: Optional[WebTlsConfig] = _f(None, help="HTTPS settings; omit for plain HTTP (or put a reverse proxy in front)")
+    trusted_proxies: tuple[str, ...] = _f(factory=tuple, help="Addresses or networks (CIDR) of reverse proxies whose "
+                                          "X-Forwarded-Proto and X-Forwarded-For the page believes: Secure cookies "
+                                          "behind an HTTPS proxy, the real client in the log; none when left out")
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
@@ -525,6 +529,12 @@ def _semantic_checks(cfg: Config, b: _Builder) -> None:
         b.err(("web", "host"), w.host, "a host name or IP address without spaces (127.0.0.1 for this computer only)")
     if w.tls and not (w.tls.cert and w.tls.key):
         b.err(("web", "tls"), "cert/key", "both cert and key (PEM files)")
+    for i, proxy in enumerate(w.trusted_proxies):
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            b.err(("web", "trusted_proxies", i), proxy, "an IP address or network of a reverse proxy, such as "
+                  "127.0.0.1 or 10.1.0.0/24 (host names are not accepted)")
     if w.enabled and w.host and not is_loopback(w.host) and not w.password_file:
         b.err(("web", "password_file"), None, f"a password file (or credential:NAME) when web.host is {w.host!r}: "
               "the page changes thresholds, so it never listens beyond localhost without a password")

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import ipaddress
 import json
 import logging
 import math
 import re
+import threading
 import time
 import urllib.parse
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -54,6 +57,13 @@ MESSAGES = {
     "feedback-ok": "Feedback saved and published on MQTT.",
     "feedback-local": "Feedback saved; it was not published (MQTT is off or not connected).",
 }
+MAX_EVENT_STREAMS = 4
+"""Live-score streams served at once; beyond that a page polls (the server has 16 connections in all)."""
+EVENT_STREAM_SECONDS = 600.0
+"""A stream ends after this long and the browser reconnects (its session is checked again)."""
+EVENT_CHECK_SECONDS = 0.1
+"""How often a stream looks for a new score (the pipeline takes no lock and signals nothing)."""
+EVENT_KEEPALIVE_SECONDS = 15.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +86,29 @@ class Response:
     body: bytes = b""
     content_type: str = "text/html; charset=utf-8"
     headers: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    stream: Optional[EventStream] = None
+    """Sent after the headers, chunk by chunk, until it ends or the client goes (no Content-Length)."""
+
+
+class EventStream:
+    """Server-sent events of one machine's live data; ``close()`` (always called by the server) frees its slot."""
+
+    def __init__(self, chunks: Iterator[bytes], release: Callable[[], None]) -> None:
+        """Stream ``chunks``; ``release`` is called once, on close."""
+        self._chunks = chunks
+        self._release: Optional[Callable[[], None]] = release
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._chunks
+
+    def close(self) -> None:
+        """End the stream and free its slot. Safe to call twice."""
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
+        release, self._release = self._release, None
+        if release is not None:
+            release()
 
 
 @dataclasses.dataclass
@@ -121,13 +154,22 @@ class WebApp:
     """Every page and endpoint of the gateway's site."""
 
     def __init__(self, machines: list[MachinePort], auth: Auth, *, secure_cookies: bool = False,
-                 clock: Callable[[], float] = time.time) -> None:
-        """Serve ``machines``; ``secure_cookies`` when served over HTTPS."""
+                 clock: Callable[[], float] = time.time, trusted_proxies: Sequence[str] = ()) -> None:
+        """Serve ``machines``; ``secure_cookies`` when served over HTTPS.
+
+        ``trusted_proxies`` (addresses or CIDR networks, as ``web.trusted_proxies``): requests
+        from these carry a believable ``X-Forwarded-Proto`` (``https``: Secure cookies) and
+        ``X-Forwarded-For`` (the client named in the log). From anywhere else both are ignored.
+        """
         self.machines = {m.id: m for m in machines}
         self.auth = auth
         self.secure_cookies = secure_cookies
+        self.trusted_proxies = tuple(ipaddress.ip_network(p, strict=False) for p in trusted_proxies)
         self.clock = clock
         self.spectrograms = SpectrogramCache()
+        self.stopping = threading.Event()
+        """Set when the server closes: live streams end."""
+        self._streams = threading.BoundedSemaphore(MAX_EVENT_STREAMS)
 
     # ------------------------------------------------------------ dispatch
 
@@ -158,12 +200,39 @@ class WebApp:
             assert session is not None
         resp = self._route(req, session, local and not forwarded)
         if new_cookie is not None and not any(h[0] == "Set-Cookie" for h in resp.headers):
-            resp.headers.append(("Set-Cookie", self._cookie_header(new_cookie)))
+            resp.headers.append(("Set-Cookie", self._cookie_header(new_cookie, req)))
         return resp
 
-    def _cookie_header(self, value: str) -> str:
+    def _from_trusted_proxy(self, req: Request) -> bool:
+        if not self.trusted_proxies:
+            return False
+        try:
+            addr = ipaddress.ip_address(req.client_ip.partition("%")[0])
+        except ValueError:
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        return any(addr in net for net in self.trusted_proxies)
+
+    def https(self, req: Request) -> bool:
+        """Whether the browser reached the page over HTTPS: served so, or said so by a trusted proxy."""
+        if self.secure_cookies:
+            return True
+        proto = req.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+        return proto == "https" and self._from_trusted_proxy(req)
+
+    def client(self, req: Request) -> str:
+        """The client's address for the log: the proxy's ``X-Forwarded-For`` client when it is trusted."""
+        forwarded = req.headers.get("x-forwarded-for", "")
+        if forwarded and self._from_trusted_proxy(req):
+            last = forwarded.split(",")[-1].strip()  # the address the trusted proxy itself saw
+            if last:
+                return f"{last[:64]} (via {req.client_ip})"
+        return req.client_ip
+
+    def _cookie_header(self, value: str, req: Request) -> str:
         return (f"{COOKIE_NAME}={value}; Path=/; HttpOnly; SameSite=Lax"
-                + ("; Secure" if self.secure_cookies else ""))
+                + ("; Secure" if self.https(req) else ""))
 
     def _route(self, req: Request, session: Session, local: bool) -> Response:
         path, method = req.path, req.method
@@ -194,7 +263,7 @@ class WebApp:
             return self._text(401, "log in first")
         if path == "/logout" and method == "POST":
             fresh = self.auth.issue(False, self.clock())
-            return Response(303, headers=[("Location", "/login"), ("Set-Cookie", self._cookie_header(fresh))])
+            return Response(303, headers=[("Location", "/login"), ("Set-Cookie", self._cookie_header(fresh, req))])
         if path == "/" and method == "GET":
             return self._page("edge-monitor", self._overview(session), session)
         parts = path.strip("/").split("/")
@@ -206,6 +275,8 @@ class WebApp:
             if parts[0] == "api" and rest == "" and method == "GET":
                 return Response(200, json.dumps(self.machine_json(port)).encode(), "application/json",
                                 [("Cache-Control", "no-store")])
+            if parts[0] == "api" and rest == "events" and method == "GET":
+                return self._event_stream(port)
             if parts[0] == "clips" and method == "GET":
                 return self._clip(port, rest, req.headers.get("range"))
             if parts[0] == "machine":
@@ -260,9 +331,9 @@ class WebApp:
         if req.method == "POST":
             if self.auth.password_ok(form.get("password", "")):
                 fresh = self.auth.issue(True, self.clock())
-                _LOGGER.info("web: login from %s", req.client_ip)
-                return Response(303, headers=[("Location", "/"), ("Set-Cookie", self._cookie_header(fresh))])
-            _LOGGER.warning("web: wrong password from %s", req.client_ip)
+                _LOGGER.info("web: login from %s", self.client(req))
+                return Response(303, headers=[("Location", "/"), ("Set-Cookie", self._cookie_header(fresh, req))])
+            _LOGGER.warning("web: wrong password from %s", self.client(req))
             error = '<p class="error" id="login-error">Wrong password.</p>'
         body = (f'{error}<form method="post" action="/login" class="login">{self._csrf_field(session)}'
                 '<label>Password <input type="password" name="password" id="password" autocomplete="current-password" '
@@ -439,6 +510,31 @@ class WebApp:
         _LOGGER.info("web: %s alert %s marked %s", port.id, episode, entry["verdict"])
         code = "feedback-ok" if published else "feedback-local"
         return Response(303, headers=[("Location", f"/machine/{port.id}?m={code}#alert-{episode}")])
+
+    def _event_stream(self, port: MachinePort) -> Response:
+        if not self._streams.acquire(blocking=False):
+            return self._text(503, "too many live streams; the page polls instead")
+        headers = [("Cache-Control", "no-store"), ("X-Accel-Buffering", "no")]  # nginx: pass each event on at once
+        return Response(200, b"", "text/event-stream; charset=utf-8", headers,
+                        EventStream(self._events(port), self._streams.release))
+
+    def _events(self, port: MachinePort) -> Iterator[bytes]:
+        """``data:`` with the machine's JSON (as ``/api``) at each new score or change; a comment now and then."""
+        yield b"retry: 3000\n\n"  # how long the browser waits before it reconnects
+        ends = time.monotonic() + EVENT_STREAM_SECONDS
+        last: Any = None
+        quiet_since = time.monotonic()
+        while not self.stopping.is_set() and time.monotonic() < ends:
+            v = port.view
+            key = (v.last_score_at_s, v.state, v.alerts_total, len(v.clips), v.health_active, port.threshold())
+            if key != last:
+                last = key
+                quiet_since = time.monotonic()
+                yield b"data: " + json.dumps(self.machine_json(port)).encode() + b"\n\n"
+            elif time.monotonic() - quiet_since >= EVENT_KEEPALIVE_SECONDS:
+                quiet_since = time.monotonic()
+                yield b": still here\n\n"  # proxies and the browser see the connection is alive
+            self.stopping.wait(EVENT_CHECK_SECONDS)
 
     def _clip_path(self, port: MachinePort, clip_id: str) -> Optional[Path]:
         """The clip's file in the machine's clips folder, or None for a name that is not a clip id."""

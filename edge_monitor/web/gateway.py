@@ -104,7 +104,8 @@ def build_web(daemon: Daemon) -> Optional[WebServer]:
         view.state = m.pipeline.detector.state
     tls = web.tls
     try:
-        server = WebServer(WebApp(ports, Auth(password), secure_cookies=tls is not None), web.host, web.port,
+        app = WebApp(ports, Auth(password), secure_cookies=tls is not None, trusted_proxies=web.trusted_proxies)
+        server = WebServer(app, web.host, web.port,
                            cert=tls.cert if tls else None, key=tls.key if tls else None)
     except OSError as exc:  # e.g. the port is taken: monitoring matters more than the page
         _LOGGER.error("web page not served: cannot listen on %s port %d (%s); monitoring goes on without it",

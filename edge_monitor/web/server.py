@@ -63,6 +63,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                       headers={k.lower(): v for k, v in self.headers.items()}, body=body,
                       client_ip=self.client_address[0])
         resp = app.handle(req)
+        if resp.stream is not None:
+            self._send_stream(resp)
+            return
         self.send_response(resp.status)
         self.send_header("Content-Type", resp.content_type)
         self.send_header("Content-Length", str(len(resp.body)))
@@ -71,6 +74,26 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(resp.body)
+
+    def _send_stream(self, resp: Any) -> None:
+        """Headers, then each chunk as it comes, until the stream ends or the client goes; then close."""
+        stream = resp.stream
+        self.close_connection = True
+        try:
+            self.send_response(resp.status)
+            self.send_header("Content-Type", resp.content_type)
+            self.send_header("Connection", "close")
+            for name, value in resp.headers:
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.flush()
+            for chunk in stream:
+                self.wfile.write(chunk)
+                self.wfile.flush()
+        except OSError:  # the browser closed the page or the network went: nothing to tell anyone
+            pass
+        finally:
+            stream.close()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
         if _LOGGER.isEnabledFor(logging.DEBUG):
@@ -151,7 +174,8 @@ class WebServer:
         self._thread.start()
 
     def close(self) -> None:
-        """Stop serving and close the socket. Safe to call twice."""
+        """Stop serving (live streams end too) and close the socket. Safe to call twice."""
+        self._server.app.stopping.set()
         if self._thread is not None:
             self._server.shutdown()
             self._thread.join(timeout=5.0)

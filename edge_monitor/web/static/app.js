@@ -1,5 +1,7 @@
-// edge-monitor's page: poll the machine's JSON, update the numbers, refresh the chart and the alert table.
-// Written for this page only; no library.
+// edge-monitor's page: follow the machine's live data, update the numbers, refresh the chart and the alert table.
+// The machine page listens to server-sent events (/api/<id>/events); where they are refused (too many open
+// pages, an old browser, a proxy that buffers) it polls /api/<id> every window hop instead. Written for this
+// page only; no library.
 (function () {
   "use strict";
   function text(card, field, value) {
@@ -21,36 +23,61 @@
         .then(function (html) { if (html !== null) { box.innerHTML = html; } });
       return true;
     }
+    function refreshChart() {
+      if (chart && Date.now() - lastChart > 10000) {
+        lastChart = Date.now();
+        chart.src = "/machine/" + encodeURIComponent(id) + "/chart.svg?t=" + lastChart;
+      }
+    }
+    function show(d) {
+      var state = card.querySelector('[data-field="state"]');
+      if (state) { state.textContent = d.state; state.className = "state state-" + d.state; }
+      text(card, "score", fmt(d.score));
+      text(card, "threshold", fmt(d.threshold));
+      text(card, "alerts_total", String(d.alerts_total));
+      text(card, "dropped_frames", String(d.dropped_frames));
+      text(card, "health", d.health.length ? d.health.join(", ").replace(/_/g, " ") : "ok");
+      text(card, "mqtt", d.mqtt === null ? "off" :
+           (d.mqtt.connected ? "connected" : "not connected") + ", outbox " + d.mqtt.outbox_depth);
+      if (live && (lastAlerts !== null && (d.alerts_total !== lastAlerts || d.clips !== lastClips))) {
+        if (!refreshAlerts()) { return; }  // a note is being typed: try again with the next data
+        lastChart = 0;  // redraw the chart with the new alert's span now
+      }
+      lastAlerts = d.alerts_total; lastClips = d.clips;
+    }
     function tick() {
       fetch("/api/" + encodeURIComponent(id), {credentials: "same-origin", cache: "no-store"})
         .then(function (r) { return r.ok ? r.json() : null; })
-        .then(function (d) {
-          if (!d) { return; }
-          var state = card.querySelector('[data-field="state"]');
-          if (state) { state.textContent = d.state; state.className = "state state-" + d.state; }
-          text(card, "score", fmt(d.score));
-          text(card, "threshold", fmt(d.threshold));
-          text(card, "alerts_total", String(d.alerts_total));
-          text(card, "dropped_frames", String(d.dropped_frames));
-          text(card, "health", d.health.length ? d.health.join(", ").replace(/_/g, " ") : "ok");
-          text(card, "mqtt", d.mqtt === null ? "off" :
-               (d.mqtt.connected ? "connected" : "not connected") + ", outbox " + d.mqtt.outbox_depth);
-          if (live && (lastAlerts !== null && (d.alerts_total !== lastAlerts || d.clips !== lastClips))) {
-            if (!refreshAlerts()) { return; }
-            lastChart = 0;  // redraw the chart with the new alert's span now
-          }
-          lastAlerts = d.alerts_total; lastClips = d.clips;
-        })
+        .then(function (d) { if (d) { show(d); } })
         .catch(function () { /* the daemon restarts or the network blinks: try again next tick */ })
         .then(function () {
-          if (chart && Date.now() - lastChart > 10000) {
-            lastChart = Date.now();
-            chart.src = "/machine/" + encodeURIComponent(id) + "/chart.svg?t=" + lastChart;
-          }
+          refreshChart();
           setTimeout(tick, seconds * 1000);
         });
     }
-    setTimeout(tick, seconds * 1000);
+    function listen() {
+      var events = new EventSource("/api/" + encodeURIComponent(id) + "/events");
+      card.setAttribute("data-updates", "events");
+      events.onmessage = function (e) {
+        var d = null;
+        try { d = JSON.parse(e.data); } catch (err) { return; }
+        show(d);
+      };
+      events.onerror = function () {
+        // CONNECTING: the browser reconnects by itself (daemon restart, stream renewed). CLOSED: refused.
+        if (events.readyState === EventSource.CLOSED) {
+          card.setAttribute("data-updates", "polling");
+          setTimeout(tick, seconds * 1000);
+        }
+      };
+      setInterval(function () { if (card.getAttribute("data-updates") === "events") { refreshChart(); } }, 1000);
+    }
+    if (live && window.EventSource) {
+      listen();
+    } else {
+      card.setAttribute("data-updates", "polling");
+      setTimeout(tick, seconds * 1000);
+    }
   }
   var cards = document.querySelectorAll("[data-machine]");
   for (var i = 0; i < cards.length; i++) { watch(cards[i]); }
