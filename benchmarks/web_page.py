@@ -1,6 +1,6 @@
 """What the gateway's web page costs the daemon: CPU with the page off, idle, and open in a browser.
 
-For 1 and for 8 machines, each round starts three real daemons (``python -m
+For 1 and for 8 machines, each round starts four real daemons (``python -m
 edge_monitor run``) side by side, all on the bundled SYNTHETIC demo recording
 replayed at real-time pace on a loop (16 kHz, clips on, MQTT off; 8 machines are 8
 configs on the same file, so they share one source thread as 8 channels of one
@@ -14,10 +14,13 @@ microphone array do):
   10 s; the machine page polls ``/api/<machine>`` every window hop (0.5 s), reloads
   its chart every 10 s, and when an alert or a clip arrives reloads the alert table
   and fetches the spectrogram PNGs it has not seen (as the browser's lazy images do).
+  This is the machine page's fallback when it cannot have an event stream;
+- ``events``: the same two tabs, the machine page following the live score as
+  server-sent events (``/api/<machine>/events``), as a current browser does.
 
 After every daemon has scored and a warm-up, the CPU share of one core of each
 (utime + stime from ``/proc/<pid>/stat``) is measured over the same window, so the
-three see the same load from the rest of the machine: the figures to read are the
+daemons see the same load from the rest of the machine: the figures to read are the
 same-round differences (percentage points) and ratios against ``off``. The start
 order rotates between rounds. Medians over the rounds, with min-max spread.
 
@@ -46,7 +49,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "edge_monitor" / "demo"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-MODES = ("off", "idle", "polled")
+MODES = ("off", "idle", "polled", "events")
 START_TIMEOUT_SECONDS = 60.0
 
 
@@ -132,27 +135,68 @@ def _overview_tab(port: int, ids: list[str], stop: threading.Event, counts: dict
     tab.close()
 
 
+class _MachinePage:
+    """What the machine page does with each new /api object: the alert table and new spectrograms on a change."""
+
+    def __init__(self, tab: _Tab, mid: str) -> None:
+        self.tab, self.mid = tab, mid
+        self.seen: Optional[tuple] = None
+        self.pictures: set[bytes] = set()
+        self.last_chart = time.monotonic()
+
+    def show(self, d: dict[str, Any]) -> None:
+        now = (d["alerts_total"], d["clips"])
+        if self.seen is not None and now != self.seen:
+            table = self.tab.get(f"/machine/{self.mid}/alerts") or b""
+            for src in re.findall(rb'src="(/machine/[^"]+/spectrogram/[^"]+\.png)"', table):
+                if src not in self.pictures:
+                    self.pictures.add(src)
+                    if self.tab.get(src.decode()) is not None:
+                        self.tab.counts["spectrograms"] += 1
+        self.seen = now
+
+    def chart(self) -> None:
+        if time.monotonic() - self.last_chart >= 10.0:
+            self.last_chart = time.monotonic()
+            self.tab.get(f"/machine/{self.mid}/chart.svg")
+
+
 def _machine_tab(port: int, mid: str, stop: threading.Event, counts: dict[str, int]) -> None:
     tab = _Tab(port, counts)
     tab.get(f"/machine/{mid}")
-    last_chart, seen, pictures = time.monotonic(), None, set()
+    page = _MachinePage(tab, mid)
     while not stop.is_set():
         body = tab.get(f"/api/{mid}")
         if body is not None:
-            d = json.loads(body)
-            now = (d["alerts_total"], d["clips"])
-            if seen is not None and now != seen:
-                table = tab.get(f"/machine/{mid}/alerts") or b""
-                for src in re.findall(rb'src="(/machine/[^"]+/spectrogram/[^"]+\.png)"', table):
-                    if src not in pictures:
-                        pictures.add(src)
-                        if tab.get(src.decode()) is not None:
-                            counts["spectrograms"] += 1
-            seen = now
-        if time.monotonic() - last_chart >= 10.0:
-            last_chart = time.monotonic()
-            tab.get(f"/machine/{mid}/chart.svg")
+            page.show(json.loads(body))
+        page.chart()
         stop.wait(0.5)
+    tab.close()
+
+
+def _machine_tab_events(port: int, mid: str, stop: threading.Event, counts: dict[str, int]) -> None:
+    tab = _Tab(port, counts)
+    tab.get(f"/machine/{mid}")
+    page = _MachinePage(tab, mid)
+    stream = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    stream.request("GET", f"/api/{mid}/events", headers={"Cookie": tab.cookie} if tab.cookie else {})
+    resp = stream.getresponse()
+    if resp.status != 200:
+        counts["errors"] += 1
+        return
+    while not stop.is_set():
+        try:
+            line = resp.readline()
+        except OSError:
+            counts["errors"] += 1
+            break
+        if not line:
+            break
+        if line.startswith(b"data: "):
+            counts["events"] += 1
+            page.show(json.loads(line[len(b"data: "):]))
+        page.chart()
+    stream.close()
     tab.close()
 
 
@@ -186,12 +230,16 @@ class _Daemon:
             self._log.close()
 
 
+def _zero_counts() -> dict[str, int]:
+    return {"requests": 0, "errors": 0, "spectrograms": 0, "events": 0}
+
+
 def run_round(machines: int, warmup_s: float, window_s: float, order: list[str]) -> dict[str, Any]:
-    """Three daemons (off, idle, polled) side by side, measured over the same window."""
+    """Four daemons (off, idle, polled, events) side by side, measured over the same window."""
     with tempfile.TemporaryDirectory() as tmp:
         daemons: dict[str, _Daemon] = {}
         stop = threading.Event()
-        counts = {"requests": 0, "errors": 0, "spectrograms": 0}
+        counts = {mode: _zero_counts() for mode in ("polled", "events")}
         tabs: list[threading.Thread] = []
         try:
             for mode in order:
@@ -202,21 +250,23 @@ def run_round(machines: int, warmup_s: float, window_s: float, order: list[str])
                     raise RuntimeError("not every daemon scored within "
                                        f"{START_TIMEOUT_SECONDS:.0f} s")
                 time.sleep(0.1)
-            polled = daemons["polled"]
-            assert polled.port is not None
-            tabs = [threading.Thread(target=_overview_tab, args=(polled.port, polled.ids, stop, counts), daemon=True),
-                    threading.Thread(target=_machine_tab, args=(polled.port, polled.ids[0], stop, counts),
-                                     daemon=True)]
+            for mode, machine_tab in (("polled", _machine_tab), ("events", _machine_tab_events)):
+                d = daemons[mode]
+                assert d.port is not None
+                tabs += [threading.Thread(target=_overview_tab, args=(d.port, d.ids, stop, counts[mode]), daemon=True),
+                         threading.Thread(target=machine_tab, args=(d.port, d.ids[0], stop, counts[mode]),
+                                          daemon=True)]
             for t in tabs:
                 t.start()
             time.sleep(warmup_s)
-            counts.update(requests=0, errors=0, spectrograms=0)
+            for c in counts.values():
+                c.update(_zero_counts())
             c0 = {m: _cpu_s(d.proc.pid) for m, d in daemons.items()}
             t0 = time.monotonic()
             time.sleep(window_s)
             c1 = {m: _cpu_s(d.proc.pid) for m, d in daemons.items()}
             t1 = time.monotonic()
-            served = dict(counts)
+            served = {mode: dict(c) for mode, c in counts.items()}
             load = os.getloadavg()[0]
         finally:
             stop.set()
@@ -236,20 +286,17 @@ def run_scenario(machines: int, rounds: int, warmup_s: float, window_s: float) -
     """``rounds`` rounds for ``machines`` machines; medians, spreads, same-round differences and ratios."""
     results = []
     for r in range(rounds):
-        order = list(MODES[r % 3:] + MODES[:r % 3])
+        order = list(MODES[r % len(MODES):] + MODES[:r % len(MODES)])
         print(f"{machines} machine(s): round {r + 1} of {rounds} (start order {', '.join(order)})", file=sys.stderr,
               flush=True)
         results.append(run_round(machines, warmup_s, window_s, order))
     cpu = {m: _spread([res["cpu_percent"][m] for res in results]) for m in MODES}
-    diff = {m: _spread([res["cpu_percent"][m] - res["cpu_percent"]["off"] for res in results])
-            for m in ("idle", "polled")}
-    ratio = {m: _spread([res["cpu_percent"][m] / res["cpu_percent"]["off"] for res in results])
-             for m in ("idle", "polled")}
+    diff = {m: _spread([res["cpu_percent"][m] - res["cpu_percent"]["off"] for res in results]) for m in MODES[1:]}
+    ratio = {m: _spread([res["cpu_percent"][m] / res["cpu_percent"]["off"] for res in results]) for m in MODES[1:]}
+    served = {mode: {k: sum(res["served"][mode][k] for res in results) for k in _zero_counts()}
+              for mode in ("polled", "events")}
     return {"machines": machines, "rounds": rounds, "window_seconds": window_s, "cpu_percent": cpu,
-            "minus_off_pp": diff, "ratio_to_off": ratio,
-            "requests": sum(res["served"]["requests"] for res in results),
-            "request_errors": sum(res["served"]["errors"] for res in results),
-            "spectrograms_fetched": sum(res["served"]["spectrograms"] for res in results),
+            "minus_off_pp": diff, "ratio_to_off": ratio, "served": served,
             "load_1m": [round(res["load_1m"], 2) for res in results],
             "clean_exits": all(c == 0 for res in results for c in res["exit_codes"].values())}
 
@@ -277,8 +324,10 @@ def format_report(out: dict[str, Any]) -> str:
                 extra = (f"; {d['median']:+.3f} pp vs off ({d['min']:+.3f} to {d['max']:+.3f}), "
                          f"x{r['median']:.3f} ({r['min']:.3f} to {r['max']:.3f})")
             lines.append(f"  {m:6s} CPU {c['median']:.3f} % of a core ({c['min']:.3f} to {c['max']:.3f}){extra}")
-        lines.append(f"  polled: {s['requests']} requests, {s['request_errors']} errors, "
-                     f"{s['spectrograms_fetched']} spectrograms; clean exits: {s['clean_exits']}")
+        for mode, c in s["served"].items():
+            lines.append(f"  {mode}: {c['requests']} requests, {c['events']} events, {c['errors']} errors, "
+                         f"{c['spectrograms']} spectrograms")
+        lines.append(f"  clean exits: {s['clean_exits']}")
     lines.append("target: page idle or open adds <= 0.3 percentage points")
     return "\n".join(lines)
 

@@ -61,7 +61,7 @@ MAX_EVENT_STREAMS = 4
 """Live-score streams served at once; beyond that a page polls (the server has 16 connections in all)."""
 EVENT_STREAM_SECONDS = 600.0
 """A stream ends after this long and the browser reconnects (its session is checked again)."""
-EVENT_CHECK_SECONDS = 0.1
+EVENT_CHECK_SECONDS = 0.2
 """How often a stream looks for a new score (the pipeline takes no lock and signals nothing)."""
 EVENT_KEEPALIVE_SECONDS = 15.0
 
