@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,35 @@ def test_runtime_threshold_survives_a_reload_unless_the_yaml_value_changes(built
     assert machine.settings.threshold == 55.0 and shown[-1] == 55.0
     assert ThresholdStore(Path(machine.cfg.state_dir), machine.id).load() is None
 
+
+
+def test_a_threshold_request_during_a_reload_is_published_after_it_and_stays_in_force(built) -> None:
+    """A reload decides and publishes the threshold under the settings lock; a request waits for it and wins."""
+    daemon, machine, sink, config = built
+    shown: list[float] = []
+    in_reload, release = threading.Event(), threading.Event()
+
+    def slow_listener(value: float) -> None:  # like a publish that takes its time, on the reloading thread
+        shown.append(value)
+        if threading.current_thread() is reloader:
+            in_reload.set()
+            release.wait(10)
+
+    machine.threshold_listeners.append(slow_listener)
+    _edit(config, detection={"trigger_k": 2})
+    reloader = threading.Thread(target=daemon.reload)
+    reloader.start()
+    assert in_reload.wait(10), "the reload publishes the threshold in force"
+    requester = threading.Thread(target=machine.set_threshold, args=(7.5,))
+    requester.start()
+    requester.join(0.3)
+    assert requester.is_alive() and machine.runtime_threshold is None, "the request waits for the reload"
+    release.set()
+    reloader.join(10)
+    requester.join(10)
+    assert shown == [MODEL_THRESHOLD, 7.5], "the value published last is the one in force"
+    assert machine.settings.threshold == 7.5 and machine.settings.trigger_k == 2
+    assert ThresholdStore(Path(machine.cfg.state_dir), machine.id).load() == 7.5
 
 def test_saved_threshold_is_dropped_at_start_when_the_yaml_changed_meanwhile(tmp_path: Path) -> None:
     config = write_config(tmp_path, detection={"threshold": 50.0})
