@@ -12,6 +12,7 @@ saves the screenshots used in the docs.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 from pathlib import Path
@@ -67,6 +68,45 @@ def _shot(driver, name: str) -> None:
         driver.save_screenshot(str(Path(folder) / name))
 
 
+def _wait_score_changes(driver) -> None:
+    """The live score on the machine page changes by itself (events or polling)."""
+    from selenium.webdriver.common.by import By
+
+    first = _text(driver, By.CSS_SELECTOR, '[data-live] [data-field="score"]')
+    wait_until(lambda: _text(driver, By.CSS_SELECTOR, '[data-live] [data-field="score"]') not in ("", first), 10,
+               interval_s=0.1, what="the live score to change")
+
+
+def _fall_back_to_polling(driver, port: int) -> None:
+    """With every event stream taken, the machine page polls instead and its score still moves."""
+    from selenium.webdriver.common.by import By
+
+    from edge_monitor.web.app import MAX_EVENT_STREAMS
+    from edge_monitor.web.auth import COOKIE_NAME
+
+    driver.get(f"http://127.0.0.1:{port}/")  # the machine page's own stream ends with it
+    cookie = f"{COOKIE_NAME}={driver.get_cookie(COOKIE_NAME)['value']}"
+    held = []
+    try:
+        for _ in range(MAX_EVENT_STREAMS + 2):  # the closed page's stream may not be noticed at once
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("GET", "/api/web-fan/events", headers={"Cookie": cookie})
+            resp = conn.getresponse()
+            held.append(conn)
+            if resp.status == 503:
+                break
+            assert resp.status == 200
+        else:
+            raise AssertionError("event streams were never refused")
+        driver.get(f"http://127.0.0.1:{port}/machine/web-fan")
+        live = driver.find_element(By.CSS_SELECTOR, "[data-live]")
+        wait_until(lambda: live.get_attribute("data-updates") == "polling", 10, what="the page falling back to polling")
+        _wait_score_changes(driver)
+    finally:
+        for conn in held:
+            conn.close()
+
+
 def test_page_in_a_real_browser(tmp_path: Path, mosquitto: Mosquitto) -> None:
     from selenium.webdriver.common.by import By
 
@@ -96,6 +136,9 @@ def test_page_in_a_real_browser(tmp_path: Path, mosquitto: Mosquitto) -> None:
 
         driver.find_element(By.LINK_TEXT, "Demo fan (synthetic)").click()
         wait_until(lambda: driver.current_url == base + "/machine/web-fan", 20, what="the machine page")
+        live = driver.find_element(By.CSS_SELECTOR, '[data-live]')
+        wait_until(lambda: live.get_attribute("data-updates") == "events", 10, what="the live score as events")
+        _wait_score_changes(driver)
         # the page refreshes its alert table by itself when the alert and its clip arrive
         audio = wait_until(lambda: driver.find_elements(By.CSS_SELECTOR, "#alerts-table audio"), 60,
                            interval_s=0.5, what="an alert with its clip on the machine page")[0]
@@ -141,6 +184,8 @@ def test_page_in_a_real_browser(tmp_path: Path, mosquitto: Mosquitto) -> None:
                             .read_text())
         jsonschema.validate(published, schema, cls=jsonschema.Draft202012Validator)
         _shot(driver, "web-alert.png")
+
+        _fall_back_to_polling(driver, port)
 
         driver.get(base + "/")
         card = driver.find_element(By.CSS_SELECTOR, '[data-machine="web-fan"]')
