@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import html
 import http.client
+import importlib.util
 import json
 import re
 import subprocess
@@ -34,7 +35,8 @@ import yaml
 from tests.helpers.broker import free_port
 from tests.helpers.daemon import DEMO_WAV, REPO_ROOT
 
-pytest.importorskip("tensorflow", reason="training needs the [train] extra")
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None,
+                                reason="training needs the [train] extra (tensorflow)")
 
 RATE = 16000
 MACHINE = "loop-fan"
