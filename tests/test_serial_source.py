@@ -19,6 +19,7 @@ from edge_monitor.config import SourceConfig
 from edge_monitor.sources import serial_protocol as sp
 from edge_monitor.sources.base import SourceError
 from edge_monitor.sources.serial import SerialPortInfo, SerialSource, list_serial_ports
+from edge_monitor.tools import serial_emulator as emu
 from tests.helpers.socat import FakeArduino, virtual_cable
 
 TIMEOUT_S = 30.0
@@ -96,7 +97,7 @@ def rig(cable):
 def test_recording_through_the_cable_is_reproduced_exactly(rig, kind):
     source, device = rig
     pcm = recording(kind)
-    device.write(sp.encode_recording(pcm, 16000))
+    device.write(emu.encode_recording(pcm, 16000))
     blocks = collect(source, len(pcm))
     got = np.concatenate([b.samples for b in blocks])
     assert got.shape == (len(pcm), 1) and got.dtype == np.float32

@@ -29,7 +29,6 @@ import binascii
 import dataclasses
 import enum
 import sys
-from collections.abc import Iterable
 from typing import Optional, Union
 
 import numpy as np
@@ -182,34 +181,6 @@ def encode_reply(payload: bytes, *, seq: int = 0, sample_rate_hz: int = 16000, f
     if len(payload) > MAX_REPLY_BYTES:
         raise ValueError(f"a reply holds at most {MAX_REPLY_BYTES} bytes, got {len(payload)}")
     return _finish(_header(KIND_REPLY, int(flags), seq, sample_rate_hz, len(payload)), bytes(payload))
-
-
-def encode_recording(samples: np.ndarray, sample_rate_hz: int = 16000, *, block_samples: int = DEFAULT_BLOCK_SAMPLES,
-                     start_seq: int = 0, boot: bool = True, alarm: bool = False) -> bytes:
-    """Encode a whole recording into a protocol byte stream, as the firmware would send it.
-
-    ``samples`` is ``(n,)`` float in [-1, 1] or int16 PCM (a ``(n, 1)`` array is
-    accepted). The first frame carries BOOT (if ``boot``) and RESTART; a final
-    partial block is sent as a shorter frame. Decoding gives back
-    ``codes_to_float(float_to_codes(samples))`` (or ``int16_to_codes``) exactly.
-    """
-    x = np.asarray(samples)
-    if x.ndim == 2 and x.shape[1] == 1:
-        x = x[:, 0]
-    if x.ndim != 1:
-        raise ValueError(f"expected a mono recording (n,) or (n, 1), got shape {x.shape}")
-    if not 1 <= block_samples <= MAX_AUDIO_SAMPLES:
-        raise ValueError(f"block_samples must be 1..{MAX_AUDIO_SAMPLES}, got {block_samples}")
-    codes = int16_to_codes(x) if x.dtype == np.int16 else float_to_codes(x)
-    out = bytearray()
-    base_flags = Flag.STREAMING | (Flag.ALARM if alarm else 0)
-    for i, start in enumerate(range(0, len(codes), block_samples)):
-        flags = base_flags
-        if i == 0:
-            flags |= Flag.RESTART | (Flag.BOOT if boot else 0)
-        out += encode_frame(codes[start:start + block_samples], seq=start_seq + i,
-                            sample_rate_hz=sample_rate_hz, flags=flags)
-    return bytes(out)
 
 
 class FrameDecoder:
@@ -458,11 +429,6 @@ def parse_device_info(data: bytes) -> DeviceInfo:
         raise ValueError(f"PING reply too short ({len(data)} bytes)")
     return DeviceInfo(protocol_version=data[0], firmware_version=f"{data[1]}.{data[2]}.{data[3]}",
                       board_id=data[4:].decode("ascii", errors="replace"))
-
-
-def iter_audio(frames: Iterable[Frame]) -> Iterable[Frame]:
-    """Only the audio frames of ``frames``."""
-    return (f for f in frames if f.kind == KIND_AUDIO)
 
 
 if __name__ == "__main__":  # the player's former command line; it now lives in edge_monitor.tools.serial_emulator

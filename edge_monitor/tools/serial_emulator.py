@@ -1,5 +1,6 @@
 """The Arduino's side of the serial protocol, for checking a gateway without a board.
 
+- ``encode_recording``: a whole recording as the frames a board would send;
 - ``DeviceEmulator``: the firmware's behaviour as a pure state machine that plays a
   recording (the Python twin of the sketch);
 - ``play``: that emulator on a real serial port, in real time;
@@ -36,6 +37,34 @@ from edge_monitor.sources.serial_protocol import (
     float_to_codes,
     int16_to_codes,
 )
+
+
+def encode_recording(samples: np.ndarray, sample_rate_hz: int = 16000, *, block_samples: int = DEFAULT_BLOCK_SAMPLES,
+                     start_seq: int = 0, boot: bool = True, alarm: bool = False) -> bytes:
+    """Encode a whole recording into a protocol byte stream, as the firmware would send it.
+
+    ``samples`` is ``(n,)`` float in [-1, 1] or int16 PCM (a ``(n, 1)`` array is
+    accepted). The first frame carries BOOT (if ``boot``) and RESTART; a final
+    partial block is sent as a shorter frame. Decoding gives back
+    ``codes_to_float(float_to_codes(samples))`` (or ``int16_to_codes``) exactly.
+    """
+    x = np.asarray(samples)
+    if x.ndim == 2 and x.shape[1] == 1:
+        x = x[:, 0]
+    if x.ndim != 1:
+        raise ValueError(f"expected a mono recording (n,) or (n, 1), got shape {x.shape}")
+    if not 1 <= block_samples <= MAX_AUDIO_SAMPLES:
+        raise ValueError(f"block_samples must be 1..{MAX_AUDIO_SAMPLES}, got {block_samples}")
+    codes = int16_to_codes(x) if x.dtype == np.int16 else float_to_codes(x)
+    out = bytearray()
+    base_flags = Flag.STREAMING | (Flag.ALARM if alarm else 0)
+    for i, start in enumerate(range(0, len(codes), block_samples)):
+        flags = base_flags
+        if i == 0:
+            flags |= Flag.RESTART | (Flag.BOOT if boot else 0)
+        out += encode_frame(codes[start:start + block_samples], seq=start_seq + i,
+                            sample_rate_hz=sample_rate_hz, flags=flags)
+    return bytes(out)
 
 
 class DeviceEmulator:
