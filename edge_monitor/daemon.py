@@ -400,7 +400,6 @@ def run_daemon(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, daemon.request_stop)
     if hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, daemon.request_reload)
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     return daemon.run(max_seconds=args.max_seconds)
 
 

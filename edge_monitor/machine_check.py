@@ -236,6 +236,7 @@ def run_identify(args: argparse.Namespace) -> int:
     from edge_monitor.config import ConfigError, load_config
     from edge_monitor.sources.base import SourceError
     from edge_monitor.sources.factory import make_source
+    from edge_monitor.sources.pump import SourcePump
 
     def fail(msg: str, code: int = 2) -> int:
         print(f"edge-monitor: {msg}", file=sys.stderr)
@@ -274,13 +275,7 @@ def run_identify(args: argparse.Namespace) -> int:
         else (lambda x: to_mono_float(x, channels))
     deadline = time.monotonic() + IDENTIFY_TIMEOUT_FACTOR * seconds + 10.0
     try:
-        while not check.done and time.monotonic() < deadline:
-            try:
-                block = source.read(1.0)
-            except EOFError:
-                break
-            if block is None:
-                continue
+        for block in SourcePump(source, keep_going=lambda: not check.done and time.monotonic() < deadline):
             check.process(select(block.samples), block.t_s)
     except SourceError as exc:
         check.close()

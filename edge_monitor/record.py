@@ -12,6 +12,7 @@ import numpy as np
 from edge_monitor.config import ConfigError, load_config
 from edge_monitor.sources.base import SourceError
 from edge_monitor.sources.factory import make_source
+from edge_monitor.sources.pump import SourcePump
 from edge_monitor.wavio import write_wav
 
 RECORD_RATE_HZ = 16000  # the rate `edge-monitor train` expects by default
@@ -48,13 +49,7 @@ def record(args: argparse.Namespace) -> int:
     print(f"recording {args.seconds:g} s from {cfg.source.type} into {out}/ ({args.clip_seconds:g} s per file)",
           file=sys.stderr)
     try:
-        while done < total_n:
-            try:
-                block = source.read(1.0)
-            except EOFError:
-                break
-            if block is None:
-                continue
+        for block in SourcePump(source):
             rate = block.sample_rate
             chans = list(cfg.source.channels)
             samples = block.samples[:, chans] if block.samples.shape[1] > max(chans) else block.samples
@@ -70,6 +65,8 @@ def record(args: argparse.Namespace) -> int:
                 parts = [audio[take:]] if audio.shape[0] > take else []
                 have = audio.shape[0] - take
                 print(f"  {path.name}  ({done / rate:.0f} / {args.seconds:g} s)", file=sys.stderr)
+            if done >= total_n:
+                break
     except SourceError as exc:
         print(f"edge-monitor: recording stopped: {exc}", file=sys.stderr)
         return 1

@@ -16,6 +16,7 @@ from edge_monitor.pipeline import Pipeline
 from edge_monitor.scoring import ScoringError, check_file_rate
 from edge_monitor.sinks.console import ConsoleSink
 from edge_monitor.sources.base import SourceError
+from edge_monitor.sources.pump import SourcePump
 from edge_monitor.sources.wavfile import WavFileSource
 
 
@@ -73,13 +74,7 @@ def replay(args: argparse.Namespace) -> int:
     end_t_s = 0.0                # UNIX time just after the last sample read
     sink = ConsoleSink(sys.stdout, recording_offset=lambda t_s: t_s - first_t_s[0] if first_t_s else None)
     try:
-        while True:
-            try:
-                block = source.read()
-            except EOFError:
-                break
-            if block is None:
-                continue
+        for block in SourcePump(source):
             if not first_t_s:
                 first_t_s.append(block.t_s)
             end_t_s = block.t_s + block.samples.shape[0] / block.sample_rate

@@ -15,6 +15,7 @@ from typing import Optional
 
 from edge_monitor.machine import Machine
 from edge_monitor.sources.base import Source, SourceError
+from edge_monitor.sources.pump import SourcePump
 from edge_monitor.sources.wavfile import WavFileSource
 
 _LOGGER = logging.getLogger(__name__)
@@ -67,14 +68,10 @@ class SourceWorker(threading.Thread):
                 delay = min(delay * 2, self.retry_max_seconds)
                 continue
             delay = 1.0
+            pump = SourcePump(self.source, timeout_s=0.5, keep_going=lambda: not self.stop_event.is_set(),
+                              on_read=self._progress)
             try:
-                lost = self._pump(lost)
-            except EOFError:
-                _LOGGER.info("end of input file")
-                if self.stop_at_eof:
-                    return
-                self._sleep(delay)  # a looping source should never end; never spin on one that does
-                delay = min(delay * 2, self.retry_max_seconds)
+                lost = self._feed(pump, lost)
             except SourceError as exc:
                 if not lost:  # a source that opens but stays silent fails again every few seconds
                     _LOGGER.error("source lost: %s (retrying)", exc)
@@ -83,14 +80,19 @@ class SourceWorker(threading.Thread):
                     m.source_lost(True, str(exc))
             finally:
                 self.source.close()
+            if pump.at_end:
+                _LOGGER.info("end of input file")
+                if self.stop_at_eof:
+                    return
+                self._sleep(delay)  # a looping source should never end; never spin on one that does
+                delay = min(delay * 2, self.retry_max_seconds)
 
-    def _pump(self, lost: bool) -> bool:
+    def _progress(self) -> None:
+        self.last_progress = time.monotonic()
+
+    def _feed(self, pump: SourcePump, lost: bool) -> bool:
         """Feed blocks to the machines; a lost source is back at its first block, not when it opens."""
-        while not self.stop_event.is_set():
-            block = self.source.read(0.5)
-            self.last_progress = time.monotonic()
-            if block is None:
-                continue
+        for block in pump:
             if lost:
                 lost = False
                 self.reopens += 1
