@@ -10,8 +10,8 @@ microphone array do):
 - ``idle``: the page served, nobody looking;
 - ``polled``: a client does what a browser does with two tabs open, the overview and
   the first machine's page, each over its own kept-alive connection: the overview
-  polls every machine's ``/api/<machine>`` every 2 s and reloads every chart every
-  10 s; the machine page polls ``/api/<machine>`` every window hop (0.5 s), reloads
+  polls ``/api`` (every machine in one answer) every 2 s and reloads every chart
+  every 10 s; the machine page polls ``/api/<machine>`` every window hop (0.5 s), reloads
   its chart every 10 s, and when an alert or a clip arrives reloads the alert table
   and fetches the spectrogram PNGs it has not seen (as the browser's lazy images do).
   This is the machine page's fallback when it cannot have an event stream;
@@ -125,8 +125,7 @@ def _overview_tab(port: int, ids: list[str], stop: threading.Event, counts: dict
     tab = _Tab(port, counts)
     last_charts = 0.0
     while not stop.is_set():
-        for mid in ids:
-            tab.get(f"/api/{mid}")
+        tab.get("/api")  # every machine in one answer, as the overview page asks
         if time.monotonic() - last_charts >= 10.0:
             last_charts = time.monotonic()
             for mid in ids:

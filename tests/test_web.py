@@ -270,7 +270,17 @@ def test_train_feedback_adds_the_false_alarm_clips_to_the_normal_audio(tmp_path:
     args = build_parser().parse_args(["train", "--normal", str(tmp_path / "normal"), "--out", "m.tflite",
                                       "--feedback", str(state)])
     notes = add_feedback_normals(args)
-    assert args.normal[0] == str(tmp_path / "normal")
-    assert sorted(args.normal[1:]) == sorted([str(kept), str(elsewhere)])  # the confirmed fault is not added
+    assert args.normal == [str(tmp_path / "normal")]                   # train-only: never held out
+    assert sorted(args.feedback_clips) == sorted([str(kept), str(elsewhere)])  # the confirmed fault is not added
     assert any("ep-c" in n and "deleted" in n for n in notes)
     assert notes[-1].endswith("2 false-alarm clip(s) added to the normal audio")
+
+
+def test_api_answers_every_machine_at_once_for_the_overview(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    assert h.request("GET", "/api").status == 401  # like /api/<machine>: no login page for a script
+    h.login()
+    h.view.handle(ScoreEvent("fan-1", NOW - 1, 0.75, 1.5, -30.0, 0.2))
+    resp = h.request("GET", "/api")
+    assert resp.status == 200 and resp.content_type == "application/json"
+    assert json.loads(resp.body) == {"machines": [json.loads(h.request("GET", "/api/fan-1").body)]}

@@ -190,6 +190,10 @@ def test_page_in_a_real_browser(tmp_path: Path, mosquitto: Mosquitto) -> None:
         driver.get(base + "/")
         card = driver.find_element(By.CSS_SELECTOR, '[data-machine="web-fan"]')
         assert "1 false alarm(s)" in card.text and "connected, outbox 0" in card.text
+        assert card.get_attribute("data-updates") == "overview"  # every card from one /api answer every 2 s
+        shown = _text(driver, By.CSS_SELECTOR, '[data-machine="web-fan"] [data-field="score"]')
+        wait_until(lambda: _text(driver, By.CSS_SELECTOR, '[data-machine="web-fan"] [data-field="score"]')
+                   not in ("", shown), 15, interval_s=0.2, what="the overview's score to change")
         assert card.find_element(By.CSS_SELECTOR, "img.chart").get_attribute("naturalWidth") == "600"
         _shot(driver, "web-overview.png")
 

@@ -258,7 +258,7 @@ class WebApp:
         if path == "/login":
             return self._login(req, session, form)
         if not session.authenticated:
-            if method == "GET" and not path.startswith(("/api/", "/clips/")):
+            if method == "GET" and not path.startswith(("/api", "/clips/")):
                 return Response(303, headers=[("Location", "/login")])
             return self._text(401, "log in first")
         if path == "/logout" and method == "POST":
@@ -266,6 +266,9 @@ class WebApp:
             return Response(303, headers=[("Location", "/login"), ("Set-Cookie", self._cookie_header(fresh, req))])
         if path == "/" and method == "GET":
             return self._page("edge-monitor", self._overview(session), session)
+        if path == "/api" and method == "GET":  # the overview polls every machine in one request
+            return Response(200, json.dumps({"machines": [self.machine_json(p) for p in self.machines.values()]})
+                            .encode(), "application/json", [("Cache-Control", "no-store")])
         parts = path.strip("/").split("/")
         if len(parts) >= 2 and parts[0] in ("machine", "api", "clips"):
             port = self.machines.get(parts[1])
@@ -361,7 +364,7 @@ class WebApp:
         now = self.clock()
         spans = [(a.started_at_s, a.ended_at_s if a.ended_at_s is not None else now)
                  for a in port.view.alerts() if (a.ended_at_s or now) >= now - HISTORY_SECONDS]
-        return score_chart_svg(port.view.score_points(now - HISTORY_SECONDS), port.threshold(), now, spans)
+        return score_chart_svg(port.view.score_arrays(now - HISTORY_SECONDS), port.threshold(), now, spans)
 
     def metrics(self) -> str:
         """The Prometheus exposition of every machine."""

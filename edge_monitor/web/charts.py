@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Union
+
+import numpy as np
 
 from edge_monitor.web.view import HISTORY_SECONDS
 
@@ -25,25 +27,39 @@ def _ago(seconds: float) -> str:
     return f"-{minutes:.0f} min" if minutes >= 10 or minutes == int(minutes) else f"-{minutes:.1f} min"
 
 
-def score_chart_svg(points: list[tuple[float, float]], threshold: float, now_s: float,
+Points = Union[list[tuple[float, float]], tuple[np.ndarray, np.ndarray]]
+
+
+def _as_arrays(points: Points) -> tuple[np.ndarray, np.ndarray]:
+    if isinstance(points, tuple):
+        return np.asarray(points[0], dtype=np.float64), np.asarray(points[1], dtype=np.float64)
+    if not points:
+        return np.zeros(0), np.zeros(0)
+    a = np.asarray(points, dtype=np.float64)
+    return a[:, 0], a[:, 1]
+
+
+def score_chart_svg(points: Points, threshold: float, now_s: float,
                     spans: Optional[list[tuple[float, float]]] = None,
                     history_seconds: float = HISTORY_SECONDS) -> str:
     """An SVG of the scores ``points`` (UNIX time, score) over the last hour, the threshold dashed.
 
+    ``points`` is a list of pairs or a pair of arrays (times, scores), oldest first or not.
+
     The time axis covers the last hour, or less when the scores began more recently
     (at least ``MIN_SPAN_SECONDS``). ``spans`` (start, end) of alert episodes are shaded.
     """
-    oldest = min((t for t, _ in points if t >= now_s - history_seconds), default=now_s)
+    times, scores = _as_arrays(points)
+    recent = times >= now_s - history_seconds
+    oldest = float(times[recent].min()) if recent.any() else now_s
     history_seconds = min(history_seconds, max(MIN_SPAN_SECONDS, now_s - oldest))
     start = now_s - history_seconds
     bucket_s = history_seconds / BUCKETS
-    peaks: dict[int, float] = {}
-    for t, s in points:
-        if t < start or not math.isfinite(s):
-            continue
-        i = min(BUCKETS - 1, int((t - start) / bucket_s))
-        if s > peaks.get(i, -math.inf):
-            peaks[i] = s
+    use = (times >= start) & np.isfinite(scores)
+    index = np.minimum(BUCKETS - 1, ((times[use] - start) / bucket_s).astype(np.int64))
+    highest = np.full(BUCKETS, -np.inf)
+    np.maximum.at(highest, index, scores[use])
+    peaks = {int(i): float(highest[i]) for i in np.flatnonzero(np.isfinite(highest))}
     top = max([threshold * 1.5] + [v * 1.1 for v in peaks.values()]) if math.isfinite(threshold) else 1.0
     top = top if top > 0 else 1.0
     plot_w = WIDTH_PX - _PAD_LEFT_PX - _PAD_RIGHT_PX

@@ -12,6 +12,8 @@ import dataclasses
 import time
 from typing import Optional
 
+import numpy as np
+
 from edge_monitor.events import AlertEvent, ClipEvent, Event, HealthEvent, ScoreEvent, StateEvent
 
 HISTORY_SECONDS = 3600.0
@@ -48,6 +50,47 @@ class AlertRecord:
     clip_started_at_s: Optional[float] = None  # UNIX time of the clip's first sample
 
 
+class ScoreRing:
+    """The last ``size`` (time, score) pairs in two numpy arrays: one writer (the pipeline), any readers.
+
+    The writer stores a pair, then counts it; a reader copies both arrays between two reads
+    of the count and retries if a pair was counted meanwhile. The oldest slot, the one a
+    write in progress may be replacing, is never read.
+    """
+
+    def __init__(self, size: int) -> None:
+        """Room for ``size`` pairs."""
+        self.size = size
+        self._t = np.zeros(size)
+        self._s = np.zeros(size)
+        self.count = 0  # pairs ever written
+
+    def append(self, t_s: float, score: float) -> None:
+        """Store one pair (pipeline thread)."""
+        i = self.count % self.size
+        self._t[i] = t_s
+        self._s[i] = score
+        self.count += 1
+
+    def arrays(self, since_s: float = -np.inf) -> tuple[np.ndarray, np.ndarray]:
+        """(times, scores) of the pairs at or after ``since_s``, oldest first (copies)."""
+        for _ in range(5):
+            before = self.count
+            t, s = self._t.copy(), self._s.copy()
+            if self.count == before:
+                break
+        n = min(before, self.size - 1)
+        if n <= 0:
+            return np.zeros(0), np.zeros(0)
+        idx = (np.arange(before - n, before)) % self.size
+        t, s = t[idx], s[idx]
+        first = int(np.searchsorted(t, since_s, side="left")) if np.all(np.diff(t) >= 0) else 0
+        if first:
+            t, s = t[first:], s[first:]
+        keep = t >= since_s
+        return (t, s) if keep.all() else (t[keep], s[keep])
+
+
 def _snapshot(d: collections.deque) -> tuple:
     """A copy of ``d`` taken while its writer may append (one C-level call; retried if it races)."""
     for _ in range(5):
@@ -64,7 +107,7 @@ class MachineView:
     def __init__(self, machine_id: str) -> None:
         """An empty view of ``machine_id``."""
         self.machine_id = machine_id
-        self.scores: collections.deque[tuple[float, float]] = collections.deque(maxlen=MAX_SCORE_POINTS)
+        self.scores = ScoreRing(MAX_SCORE_POINTS + 1)
         self.alert_events: collections.deque[AlertEvent] = collections.deque(maxlen=MAX_ALERT_EVENTS)
         self.clips: collections.deque[ClipEvent] = collections.deque(maxlen=MAX_CLIPS)
         self.state = "unknown"
@@ -82,7 +125,7 @@ class MachineView:
     def handle(self, event: Event) -> None:
         """Remember one event. Called on the pipeline thread: appends and assignments only."""
         if isinstance(event, ScoreEvent):
-            self.scores.append((event.at_s, event.score))
+            self.scores.append(event.at_s, event.score)
             self.last_score, self.last_score_at_s = event.score, event.at_s
             self.last_inference_ms, self.rms_dbfs = event.latency_ms, event.rms_dbfs
         elif isinstance(event, AlertEvent):
@@ -110,7 +153,12 @@ class MachineView:
 
     def score_points(self, since_s: float) -> list[tuple[float, float]]:
         """(UNIX time, score) of the windows scored since ``since_s``, oldest first."""
-        return [p for p in _snapshot(self.scores) if p[0] >= since_s]
+        t, s = self.scores.arrays(since_s)
+        return list(zip(t.tolist(), s.tolist()))
+
+    def score_arrays(self, since_s: float) -> tuple[np.ndarray, np.ndarray]:
+        """(UNIX times, scores) of the windows scored since ``since_s``, oldest first."""
+        return self.scores.arrays(since_s)
 
     def alerts(self) -> list[AlertRecord]:
         """Alert episodes, newest first."""
@@ -147,6 +195,10 @@ class MachineView:
     def peak_score(self, record: AlertRecord) -> float:
         """Highest score seen during an episode (from the last hour's scores, else its start and end)."""
         end = record.ended_at_s if record.ended_at_s is not None else time.time()
-        seen = [s for t, s in _snapshot(self.scores) if record.started_at_s - 1.0 <= t <= end]
+        t, s = self.scores.arrays(record.started_at_s - 1.0)
+        seen = s[t <= end]
+        seen = seen[np.isfinite(seen)]
         known = [v for v in (record.start_score, record.end_score) if v is not None and v == v]
-        return max(seen + known) if seen or known else float("nan")
+        if seen.size:
+            known.append(float(seen.max()))
+        return max(known) if known else float("nan")

@@ -1,7 +1,7 @@
 // edge-monitor's page: follow the machine's live data, update the numbers, refresh the chart and the alert table.
 // The machine page listens to server-sent events (/api/<id>/events); where they are refused (too many open
-// pages, an old browser, a proxy that buffers) it polls /api/<id> every window hop instead. Written for this
-// page only; no library.
+// pages, an old browser, a proxy that buffers) it polls /api/<id> every window hop instead. The overview
+// polls /api (every machine in one answer) every 2 s. Written for this page only; no library.
 (function () {
   "use strict";
   function text(card, field, value) {
@@ -74,11 +74,34 @@
     }
     if (live && window.EventSource) {
       listen();
-    } else {
+    } else if (live) {
       card.setAttribute("data-updates", "polling");
       setTimeout(tick, seconds * 1000);
+    } else {
+      card.setAttribute("data-updates", "overview");
     }
+    return {id: id, seconds: seconds, show: show, refreshChart: refreshChart};
   }
   var cards = document.querySelectorAll("[data-machine]");
-  for (var i = 0; i < cards.length; i++) { watch(cards[i]); }
+  var overview = [];
+  for (var i = 0; i < cards.length; i++) {
+    var watched = watch(cards[i]);
+    if (!cards[i].hasAttribute("data-live")) { overview.push(watched); }
+  }
+  function pollAll() {
+    fetch("/api", {credentials: "same-origin", cache: "no-store"})
+      .then(function (r) { return r.ok ? r.json() : null; })
+      .then(function (all) {
+        if (!all) { return; }
+        var byId = {};
+        all.machines.forEach(function (d) { byId[d.machine] = d; });
+        overview.forEach(function (w) { if (byId[w.id]) { w.show(byId[w.id]); } });
+      })
+      .catch(function () { /* try again next time */ })
+      .then(function () {
+        overview.forEach(function (w) { w.refreshChart(); });
+        setTimeout(pollAll, overview[0].seconds * 1000);
+      });
+  }
+  if (overview.length) { setTimeout(pollAll, overview[0].seconds * 1000); }
 })();
