@@ -309,9 +309,63 @@ def import_cost_ms() -> float:
     return statistics.median(runs)
 
 
+def handler_costs_us(repeats: int = 200) -> dict[str, float]:
+    """CPU (us, median of 5 batches) of the site's answers with a full hour of scores, without sockets.
+
+    ``api``: one machine's JSON; ``chart_hour``: the chart over 7200 scores; ``spectrogram``: the
+    PNG of a 10 s clip, computed (cache missed) and cached.
+    """
+    from edge_monitor.events import ScoreEvent
+    from edge_monitor.wavio import read_wav, write_wav
+    from edge_monitor.web.app import MachinePort, Request, WebApp
+    from edge_monitor.web.auth import Auth
+    from edge_monitor.web.feedback import FeedbackStore
+    from edge_monitor.web.spectrogram import SpectrogramCache
+    from edge_monitor.web.view import MachineView
+
+    now = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        view = MachineView("m")
+        for i in range(7200):
+            view.handle(ScoreEvent("m", now - 3600 + i * 0.5, 0.5 + (i % 13) / 10, 1.5, -30.0, 0.2))
+        port = MachinePort(id="m", name="m", view=view, feedback=FeedbackStore(folder, "m"), threshold=lambda: 1.5,
+                           set_threshold=lambda v: "")
+        app = WebApp([port], Auth(None))
+
+        def cpu_us(fn: Any, n: int) -> float:
+            batches = []
+            for _ in range(5):
+                c0 = time.process_time()
+                for _ in range(n):
+                    fn()
+                batches.append((time.process_time() - c0) / n * 1e6)
+            return statistics.median(batches)
+
+        def get(path: str) -> Any:
+            return lambda: app.handle(Request("GET", path, {}, {"host": "127.0.0.1"}, b"", "127.0.0.1"))
+
+        audio, rate = read_wav(DEMO / "demo-fan.wav")
+        clip = folder / "clip.wav"
+        write_wav(clip, audio[10 * rate:20 * rate, 0], rate)
+        cache = SpectrogramCache()
+        fresh = [0]
+
+        def uncached() -> None:
+            fresh[0] += 1
+            SpectrogramCache().png(clip, port.spec, [float(fresh[0] % 7)])
+
+        out = {"api": cpu_us(get("/api/m"), repeats), "chart_hour": cpu_us(get("/machine/m/chart.svg"), repeats // 10),
+               "spectrogram": cpu_us(uncached, 5)}
+        cache.png(clip, port.spec)
+        out["spectrogram_cached"] = cpu_us(lambda: cache.png(clip, port.spec), repeats)
+    return {k: round(v, 1) for k, v in out.items()}
+
+
 def format_report(out: dict[str, Any]) -> str:
     """The human-readable table."""
-    lines = [f"import of the web package on top of the daemon: {out['import_ms']} ms"]
+    lines = [f"import of the web package on top of the daemon: {out['import_ms']} ms",
+             "CPU per answer, full hour of scores (us): " + ", ".join(f"{k} {v:g}" for k, v in out["handler_us"].items())]
     for s in out["scenarios"]:
         lines.append(f"{s['machines']} machine(s), {s['rounds']} rounds of {s['window_seconds']:g} s "
                      f"(load 1m {s['load_1m']}):")
@@ -343,7 +397,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     counts = [int(c) for c in args.machines.split(",") if c.strip()]
     if not counts or any(not 1 <= c <= 16 for c in counts) or args.rounds < 1:
         parser.error("--machines: counts from 1 to 16; --rounds: at least 1")
-    out = {"import_ms": round(import_cost_ms(), 1),
+    out = {"import_ms": round(import_cost_ms(), 1), "handler_us": handler_costs_us(),
            "scenarios": [run_scenario(c, args.rounds, args.warmup_seconds, args.window_seconds) for c in counts]}
     print(json.dumps(out) if args.json else format_report(out))
     return 0
