@@ -180,7 +180,8 @@ def _training_verb(module: str, add: str, run: str) -> tuple[Callable, Callable]
 
 
 def add_feedback_normals(args: argparse.Namespace) -> list[str]:
-    """``train --feedback``: append the false alarms' clips to ``args.normal``; returns notes for the user."""
+    """``train --feedback``: the false alarms' clips as ``args.feedback_clips`` (normal audio that every
+    calibration fold trains on and none holds out); returns notes for the user."""
     from edge_monitor.web.feedback import false_alarm_clips
     notes: list[str] = []
     extra: list[str] = []
@@ -189,7 +190,7 @@ def add_feedback_normals(args: argparse.Namespace) -> list[str]:
         extra += [str(c) for c in clips]
         notes += missing
         notes.append(f"{state_dir}: {len(clips)} false-alarm clip(s) added to the normal audio")
-    args.normal = list(args.normal or []) + [c for c in extra if c not in (args.normal or [])]
+    args.feedback_clips = [c for c in dict.fromkeys(extra) if c not in (args.normal or [])]
     return notes
 
 

@@ -166,12 +166,7 @@ class ModelRunner:
                 raise ModelError(f"model {path}: a frame_norm model must output one vector per frame, "
                                  f"got shape {list(out_shape)}")
             self._frame_dim = out_shape[2]
-            try:
-                self._offset = float(score.get("offset", 0.0))
-            except (TypeError, ValueError):
-                raise ModelError(f"model {path}: score.offset must be a number") from None
-            if not np.isfinite(self._offset) or self._offset < 0:
-                raise ModelError(f"model {path}: score.offset must be finite and >= 0, got {self._offset}")
+            self._prepare_frame_norm(score, path)
         elif kind == "embedding":
             try:
                 self._mean = np.asarray(score["mean"], dtype=np.float64)
@@ -185,6 +180,41 @@ class ModelRunner:
             if n_out != len(labels):
                 raise ModelError(f"model {path}: it outputs {n_out} values but lists {len(labels)} labels")
             self._alert_idx = np.array([labels.index(a) for a in self.bundle.alert_labels], dtype=np.intp)
+
+    def _prepare_frame_norm(self, score: dict, path: Any) -> None:
+        """``frame_norm`` scores: the offset, and the optional outlier-exposure column and the two scales."""
+        def number(key: str, default: float) -> float:
+            value = score.get(key, default)
+            if isinstance(value, bool):
+                raise ModelError(f"model {path}: score.{key} must be a number")
+            try:
+                out = float(value)
+            except (TypeError, ValueError):
+                raise ModelError(f"model {path}: score.{key} must be a number") from None
+            if not np.isfinite(out):
+                raise ModelError(f"model {path}: score.{key} must be finite, got {out}")
+            return out
+
+        self._offset = number("offset", 0.0)
+        column = score.get("logit_column")
+        self._logit_col = None
+        if column is None:
+            if self._offset < 0:
+                raise ModelError(f"model {path}: score.offset must be finite and >= 0, got {self._offset}")
+            self._norm_scale, self._logit_scale = 1.0, 1.0
+            return
+        if isinstance(column, bool) or not isinstance(column, int) or column != self._frame_dim - 1 or column < 1:
+            raise ModelError(f"model {path}: score.logit_column must be the last output column "
+                             f"({self._frame_dim - 1}), got {column!r}")
+        self._logit_col = column
+        self._norm_scale, self._logit_scale = number("norm_scale", 1.0), number("logit_scale", 1.0)
+        if self._norm_scale <= 0 or self._logit_scale <= 0:
+            raise ModelError(f"model {path}: score.norm_scale and score.logit_scale must be > 0")
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """The model's output tensor shape, batch included."""
+        return tuple(int(v) for v in self._out["shape"])
 
     def infer(self, window: np.ndarray) -> np.ndarray:
         """Raw dequantised model output for one normalised window ``(frames, n_features)`` float32."""
@@ -213,7 +243,13 @@ class ModelRunner:
             return float(np.mean(d * d))
         if kind == "embedding" and self._frame_dim:
             z = y.reshape(-1, self._frame_dim).astype(np.float64)
-            return max(float(np.sqrt((z * z).sum(axis=1)).mean()) - self._offset, 0.0)
+            if self._logit_col is None:
+                return max(float(np.sqrt((z * z).sum(axis=1)).mean()) - self._offset, 0.0)
+            # distance to this machine's normal frames + log-odds of "another machine" (outlier bank)
+            w = z[:, :self._logit_col]
+            value = (float(np.sqrt((w * w).sum(axis=1)).mean()) / self._norm_scale
+                     + float(z[:, self._logit_col].mean()) / self._logit_scale)
+            return max(value - self._offset, 0.0)
         if kind == "embedding":
             d = y.astype(np.float64) - self._mean
             return float(np.sqrt(max(d @ self._precision @ d, 0.0)))

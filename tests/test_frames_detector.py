@@ -49,7 +49,8 @@ def test_frames_is_the_default_and_trains_from_20_seconds(frames_model):
     assert summary["seconds"] == pytest.approx(20.0, abs=0.01)
     meta, _ = load_metadata(out)
     assert meta["kind"] == "embedding" and meta["score"]["type"] == "frame_norm"
-    assert meta["score"]["offset"] > 0 and meta["threshold"] > 0
+    assert np.isfinite(meta["score"]["offset"]) and meta["threshold"] > 0
+    assert meta["score"]["offset"] > 0 and "logit_column" not in meta["score"] and summary["outlier_bank_frames"] == 0
     assert meta["feature_spec"]["n_mels"] == 128 and meta["feature_spec"]["frames_per_window"] == 32
     assert meta["threshold_basis"]["heldout_scheme"].startswith("5-fold")
 
@@ -79,7 +80,7 @@ def test_frame_norm_bundle_with_a_bad_offset_is_refused(frames_model, tmp_path):
 
     _root, out, _summary = frames_model
     meta, _ = load_metadata(out)
-    for bad in (-1.0, "x", float("inf")):
+    for bad in (-1.0, "x", float("inf"), True):
         broken = dict(meta, score=dict(meta["score"], offset=bad))
         path = tmp_path / "bad.tflite"
         try:

@@ -265,10 +265,6 @@ def test_retrained_model_with_the_previous_threshold_keeps_the_fault_and_drops_t
     assert len([a for a in alerts if a["type"] == "start"]) == 1, alerts
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "train --feedback adds the false alarm's clip to the normal audio, and the K-fold calibration then holds it "
-    "out of one fold, where it scores as anomalous as it did before: the calibrated threshold rises above the "
-    "fault too. The clips need to be in every fold's training part (edge_monitor/training/unsupervised.py)"))
 def test_after_retraining_the_fault_still_alerts(loop: dict[str, Any]) -> None:
     alerts = loop["after"][0]
     assert len(_starts_in(alerts, FAULT_S)) == 1, (alerts, loop["thresholds"])

@@ -48,7 +48,8 @@ import numpy as np
 
 from edge_monitor.training.metrics import MetricsError, partial_auc, roc_auc
 
-DEFAULT_METHODS = ("frames", "librosa_lw", "dense_ae", "stats")
+DEFAULT_METHODS = ("frames", "frames_bank", "librosa_lw", "dense_ae", "stats")
+BANK_SUFFIX = "_bank"  # a product method trained with the outlier bank (train --outlier-bank)
 SPLIT_TRAIN_FRACTION = 0.7
 WINDOW_HOP_SECONDS = 0.5
 RATE_HZ = 16000
@@ -116,14 +117,26 @@ class _Scored:
         self.threshold = threshold
 
 
-def _product_method(method: str) -> Callable[[list[Path], Path], _Scored]:
-    def fit(train: list[Path], tmp: Path) -> _Scored:
+def bank_key(group: dict[str, Any]) -> str:
+    """The outlier-bank key of a group's machine (``outlier_bank.machine_key``), left out of its own bank."""
+    return f"dcase2023 {group['name']}" if group["set"] == "dcase2023" else str(group["name"])
+
+
+Fitter = Callable[[list[Path], Path, Sequence[str]], _Scored]
+
+
+def _product_method(method: str) -> Fitter:
+    base = method[:-len(BANK_SUFFIX)] if method.endswith(BANK_SUFFIX) else method
+
+    def fit(train: list[Path], tmp: Path, exclude: Sequence[str] = ()) -> _Scored:
         from edge_monitor.model import load_model
         from edge_monitor.scoring import score_file
         from edge_monitor.training.unsupervised import train_unsupervised
 
         out = tmp / f"{method}.tflite"
-        summary = train_unsupervised(train, out, method=method, channel=0, seed=0, progress=lambda _m: None)
+        # the machine under test is never in its own outlier bank: the bank holds *other* machines only
+        summary = train_unsupervised(train, out, method=base, channel=0, seed=0, progress=lambda _m: None,
+                                     outlier_bank=base != method, outlier_exclude=exclude)
         runner = load_model(out)
         return _Scored(lambda p: np.asarray(score_file(runner, p, channel=0).windows), summary["threshold"])
     return fit
@@ -163,7 +176,7 @@ class LibrosaLedoitWolf:
         return (csum[starts + self.window_frames] - csum[starts]) / self.window_frames
 
 
-def _fit_librosa_lw(train: list[Path], tmp: Path) -> _Scored:
+def _fit_librosa_lw(train: list[Path], tmp: Path, exclude: Sequence[str] = ()) -> _Scored:
     from edge_monitor.training.calibrate import calibrate_threshold
     from edge_monitor.training.unsupervised import CALIBRATION_FOLDS, _Clip, calibration_folds
 
@@ -180,7 +193,7 @@ def _fit_librosa_lw(train: list[Path], tmp: Path) -> _Scored:
     return _Scored(lambda p: peer.window_scores(_mono(p)), threshold)
 
 
-def method_fitter(method: str) -> Callable[[list[Path], Path], _Scored]:
+def method_fitter(method: str) -> Fitter:
     """The fit function of a method name (a ``train`` method, or ``librosa_lw``)."""
     return _fit_librosa_lw if method == "librosa_lw" else _product_method(method)
 
@@ -194,12 +207,12 @@ def _auc(labels: list[int], scores: list[float]) -> tuple[Optional[float], Optio
         return None, None
 
 
-def run_fold(fold: dict[str, Any], method: str, tmp: Path) -> dict[str, Any]:
-    """Train one method on one fold and score its test clips."""
+def run_fold(fold: dict[str, Any], method: str, tmp: Path, exclude: Sequence[str] = ()) -> dict[str, Any]:
+    """Train one method on one fold (without the machines in ``exclude`` in its bank) and score its test clips."""
     from edge_monitor.training.calibrate import count_alerts
 
     t0 = time.process_time()
-    scored = method_fitter(method)(fold["train"], tmp)
+    scored = method_fitter(method)(fold["train"], tmp, exclude)
     train_cpu_s = time.process_time() - t0
     per_file = [(lab, scored.window_scores(p)) for p, lab in fold["test"]]
     if fold["level"] == "file":
@@ -224,7 +237,7 @@ def run_group(group: dict[str, Any], methods: Sequence[str], tmp: Path, say: Cal
                            "level": fl[0]["level"], "folds": len(fl), "normals": len(group["normals"]),
                            "anomalies": len(group["anomalies"]), "methods": {}}
     for method in methods:
-        res = [run_fold(f, method, gtmp) for f in fl]
+        res = [run_fold(f, method, gtmp, (bank_key(group),)) for f in fl]
         aucs = [r["auc"] for r in res if r["auc"] is not None]
         paucs = [r["pauc"] for r in res if r["pauc"] is not None]
         out["methods"][method] = {
@@ -245,7 +258,7 @@ def false_alarm_check(data: Path, method: str, tmp: Path) -> Optional[dict[str, 
     if len(files) < 45:
         return None
     train, test = files[:40], files[40:]
-    scored = method_fitter(method)(train, Path(tempfile.mkdtemp(dir=tmp)))
+    scored = method_fitter(method)(train, Path(tempfile.mkdtemp(dir=tmp)), ())
     windows = [scored.window_scores(p) for p in test]
     alerts = [count_alerts(w, scored.threshold) for w in windows]
     return {"method": method, "train_files": len(train), "test_files": len(test), "threshold": scored.threshold,

@@ -373,9 +373,16 @@ def ledoit_wolf(centred: np.ndarray) -> tuple[np.ndarray, float]:
     return (1.0 - shrink) * sample + shrink * mu * np.eye(d), shrink
 
 
-def _train_frames(frames_norm: np.ndarray, window_frames: int, rng: np.random.Generator) -> _Trained:
-    """Whitening of single normalised frames ``(n, f)``, each frame's mean over bands removed first."""
+def _train_frames(frames_norm: np.ndarray, window_frames: int, rng: np.random.Generator,
+                  bank_norm: Optional[np.ndarray] = None) -> _Trained:
+    """Whitening of single normalised frames ``(n, f)``, each frame's mean over bands removed first.
+
+    With ``bank_norm`` (other machines' level-free frames, on the same normalised scale) one more output
+    column: the log-odds that a frame is another machine's, from a logistic regression of the bank against
+    this machine's frames (``outlier_bank.fit_logistic``).
+    """
     from edge_monitor.training import models
+    from edge_monitor.training.outlier_bank import fit_logistic
 
     x = _subsample(np.asarray(frames_norm, dtype=np.float64), MAX_TRAIN_FRAMES, rng)
     nf = x.shape[1]
@@ -386,7 +393,13 @@ def _train_frames(frames_norm: np.ndarray, window_frames: int, rng: np.random.Ge
     cov, _ = ledoit_wolf(y - mean)
     vals, vecs = np.linalg.eigh(cov)
     whiten = vecs / np.sqrt(np.maximum(vals, 1e-9))[None, :]
-    model = models.frame_whitener(window_frames, nf, level_free @ whiten, -mean @ whiten, batch_size=1)
+    weights, bias = level_free @ whiten, -mean @ whiten
+    if bank_norm is not None and len(bank_norm):
+        sd = y.std(axis=0) + 1e-4
+        w, b = fit_logistic((y - mean) / sd, (bank_norm - mean) / sd)
+        weights = np.hstack([weights, (level_free @ (w / sd))[:, None]])
+        bias = np.append(bias, b - float((mean / sd) @ w))
+    model = models.frame_whitener(window_frames, nf, weights, bias, batch_size=1)
     return _Trained(model, "embedding", 0, None)
 
 
@@ -421,7 +434,7 @@ class _Fitted:
 
 
 def _fit(method: str, train_clips: list[_Clip], base_spec: FeatureSpec, epochs: int, rng: np.random.Generator,
-         say: Progress) -> _Fitted:
+         say: Progress, bank_db: Optional[np.ndarray] = None) -> _Fitted:
     """Features, normalisation, training, int8 conversion and (embeddings) the normal statistics."""
     from edge_monitor.features import normalise
     from edge_monitor.model import load_model
@@ -440,7 +453,9 @@ def _fit(method: str, train_clips: list[_Clip], base_spec: FeatureSpec, epochs: 
     say(f"training {method} ({epochs} epochs)")
     if method == "frames":
         frames_all = normalise(spec, np.concatenate(raw_feats, axis=0))
-        trained = _train_frames(frames_all, spec.frames_per_window, rng)
+        # the bank is level-free dB: on the normalised scale only the division by the std remains
+        bank_norm = None if bank_db is None else bank_db / float(spec.norm_std)
+        trained = _train_frames(frames_all, spec.frames_per_window, rng, bank_norm)
     elif method == "stats":
         trained = _train_stats(x)
     elif method == "oe_cnn":
@@ -470,15 +485,7 @@ def _fit(method: str, train_clips: list[_Clip], base_spec: FeatureSpec, epochs: 
         # the typical length on the training audio (5th percentile), so that normal sound scores near zero.
         # Without the offset every score sits near sqrt(bands), the clear threshold (0.9 x threshold) would sit
         # below normal sound, and the log-scale tail fit of the calibration would see almost no spread.
-        meta["score"] = {"type": "frame_norm", "offset": 0.0}
-        with tempfile.TemporaryDirectory(prefix="edge-monitor-train-") as tmpd:
-            tmp_bundle = Path(tmpd) / "model.tflite"
-            _write_bundle(tflite, meta, tmp_bundle)
-            runner = load_model(tmp_bundle)
-            fit_idx = np.sort(rng.choice(x.shape[0], min(3000, x.shape[0]), replace=False))
-            inside = np.array([runner.process(raw_windows[i]) for i in fit_idx])
-            runner.close()
-        meta["score"]["offset"] = float(np.percentile(inside, FRAMES_OFFSET_PERCENTILE))
+        meta["score"] = _frames_score_meta(tflite, meta, raw_windows, x, rng, bank_db is not None)
     else:
         # the normal statistics are fitted on the int8 model's own outputs, so the runtime scores what was fitted
         d = int(np.prod(trained.export_model.output_shape[1:]))
@@ -494,6 +501,36 @@ def _fit(method: str, train_clips: list[_Clip], base_spec: FeatureSpec, epochs: 
         precision = np.linalg.inv(_shrunk_cov(emb - emb_mean))
         meta["score"] = {"type": "mahalanobis", "mean": emb_mean.tolist(), "precision": precision.tolist()}
     return _Fitted(tflite, meta, spec, trained, int(x.shape[0]))
+
+
+def _frames_score_meta(tflite: bytes, meta: dict, raw_windows: np.ndarray, x: np.ndarray,
+                       rng: np.random.Generator, with_logit: bool) -> dict[str, Any]:
+    """``score`` metadata of a ``frames`` model, fitted on the int8 model's own outputs for training windows.
+
+    Without the bank: the mean whitened-frame length less its 5th percentile. With it, the two parts are
+    put on one scale first (each divided by the spread, the interquartile range, of its per-frame values on
+    the training audio) and added, so neither dominates by its units alone.
+    """
+    from edge_monitor.model import load_model
+
+    score: dict[str, Any] = {"type": "frame_norm", "offset": 0.0}
+    with tempfile.TemporaryDirectory(prefix="edge-monitor-train-") as tmpd:
+        tmp_bundle = Path(tmpd) / "model.tflite"
+        _write_bundle(tflite, dict(meta, score=score), tmp_bundle)
+        runner = load_model(tmp_bundle)
+        fit_idx = np.sort(rng.choice(x.shape[0], min(3000, x.shape[0]), replace=False))
+        if with_logit:
+            out = np.stack([runner.infer(x[i]) for i in fit_idx]).astype(np.float64)
+            out = out.reshape(len(fit_idx), -1, out.shape[-1])
+            norms, logits = np.sqrt((out[..., :-1] ** 2).sum(axis=-1)), out[..., -1]
+            iqr = lambda v: max(float(np.subtract(*np.percentile(v, [75, 25]))), 1e-6)  # noqa: E731
+            score.update(logit_column=int(out.shape[-1] - 1), norm_scale=iqr(norms), logit_scale=iqr(logits))
+            inside = norms.mean(axis=1) / score["norm_scale"] + logits.mean(axis=1) / score["logit_scale"]
+        else:
+            inside = np.array([runner.process(raw_windows[i]) for i in fit_idx])
+        runner.close()
+    score["offset"] = float(np.percentile(inside, FRAMES_OFFSET_PERCENTILE))
+    return score
 
 
 def _heldout_scores(fitted: _Fitted, clips: list[_Clip], window_hop_seconds: float) -> tuple[list, list]:
@@ -522,11 +559,17 @@ def train_unsupervised(normal_paths: Sequence[Union[str, Path]], out_path: Union
                        window_hop_seconds: float = 0.5, trigger_k: int = 3, trigger_n: int = 5,
                        seed: int = 0, epochs: Optional[int] = None, channel: Any = "mean",
                        name: Optional[str] = None, machine_type: str = "unknown",
+                       outlier_bank: bool = False, outlier_exclude: Sequence[str] = (),
+                       train_only_paths: Sequence[Union[str, Path]] = (),
                        progress: Optional[Progress] = None) -> dict[str, Any]:
     """Train, convert to int8, calibrate and write a bundle; returns the training summary dict.
 
     ``normal_paths``: WAV files and/or directories of normal recordings (16 kHz, any channel count).
-    Raises TrainingInputError for unusable input.
+    Raises TrainingInputError for unusable input. ``outlier_bank`` (``frames`` only): contrast the machine
+    with the shipped bank of other machines' sound, less the machines named in ``outlier_exclude``.
+    ``train_only_paths`` (the clips of alerts marked "false alarm", ``train --feedback``): normal sound that
+    every model trains on, including each calibration fold's, and that is never held out; held out, a sound
+    the machine makes only rarely would still score as anomalous and lift the threshold above real faults.
 
     Calibration (``stats``, cheap to fit): K-fold over recordings. Each fold's model is fitted without that
     fold's recordings and scores them, so every recording contributes out-of-fold scores that include the
@@ -549,6 +592,8 @@ def train_unsupervised(normal_paths: Sequence[Union[str, Path]], out_path: Union
     if not files:
         raise TrainingInputError("no normal recordings were given")
     clips = load_clips(files, base_spec.sample_rate, channel)
+    extra_files = [f for f in find_wavs(train_only_paths) if f not in files] if train_only_paths else []
+    extra = load_clips(extra_files, base_spec.sample_rate, channel) if extra_files else []
     total_s = sum(c.audio.size for c in clips) / base_spec.sample_rate
     if total_s < MIN_TRAIN_SECONDS:
         raise TrainingInputError(f"only {total_s:.1f} s of normal audio in {len(files)} file(s); "
@@ -566,7 +611,15 @@ def train_unsupervised(normal_paths: Sequence[Union[str, Path]], out_path: Union
     rng = np.random.default_rng(seed)
     _setup_tf(seed)
     cross_fit = method in CROSS_FITTED_METHODS
-    folds = calibration_folds(clips, CALIBRATION_FOLDS if cross_fit else 1, sample_rate_hz=base_spec.sample_rate)
+    bank_db = None
+    if method == "frames" and outlier_bank:
+        from edge_monitor.training.outlier_bank import load_bank
+
+        bank_db = load_bank(exclude=outlier_exclude)
+    folds = [(train + extra, held) for train, held in
+             calibration_folds(clips, CALIBRATION_FOLDS if cross_fit else 1, sample_rate_hz=base_spec.sample_rate)]
+    if extra:
+        say(f"{len(extra)} clip(s) given as train-only normal audio (feedback): in every fold's training part")
     stages["read_s"] = time.perf_counter() - t_start
     if cross_fit:
         say(f"read {len(files)} file(s), {total_s:.1f} s of audio; {len(folds)}-fold calibration over "
@@ -584,15 +637,15 @@ def train_unsupervised(normal_paths: Sequence[Union[str, Path]], out_path: Union
         for i, (fold_train, fold_held) in enumerate(folds, start=1):
             say(f"calibration fold {i}/{len(folds)}: fitting on {len(fold_train)} part(s), "
                 f"scoring {len(fold_held)}")
-            fold_model = _fit(method, fold_train, base_spec, n_epochs, rng, quiet)
+            fold_model = _fit(method, fold_train, base_spec, n_epochs, rng, quiet, bank_db)
             dense, daemon_seq = _heldout_scores(fold_model, fold_held, window_hop_seconds)
             dense_scores += dense
             held_scores += daemon_seq
             held_clips += fold_held
         stages["cross_fit_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        train_clips = clips
-        fitted = _fit(method, train_clips, base_spec, n_epochs, rng, say)
+        train_clips = clips + extra
+        fitted = _fit(method, train_clips, base_spec, n_epochs, rng, say, bank_db)
         stages["train_s"] = time.perf_counter() - t0
     else:
         train_clips, held_clips = folds[0]
@@ -626,6 +679,7 @@ def train_unsupervised(normal_paths: Sequence[Union[str, Path]], out_path: Union
     training = {
         "method": method,
         "files": len(files),
+        "train_only_files": len(extra),
         "seconds": total_s,
         "train_parts": len(train_clips),
         "heldout_parts": len(held_clips),
@@ -636,6 +690,7 @@ def train_unsupervised(normal_paths: Sequence[Union[str, Path]], out_path: Union
         "channel": channel if isinstance(channel, (str, int)) else list(channel),
         "epochs": trained.epochs,
         "final_loss": trained.final_loss,
+        "outlier_bank_frames": 0 if bank_db is None else int(len(bank_db)),
         "seed": seed,
     }
     meta = dict(fitted.meta, name=name or out.stem, threshold=float(threshold), threshold_basis=basis,
@@ -672,6 +727,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed and data give the same model)")
     parser.add_argument("--name", default=None, help="model name stored in the bundle (default: file stem)")
     parser.add_argument("--machine-type", default="unknown", help="machine type stored in the training summary")
+    parser.add_argument("--outlier-bank", action="store_true",
+                        help="frames: also contrast the machine with the shipped sounds of other real machines "
+                             "(see docs/detection.md for what it does and does not gain)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
@@ -700,7 +758,8 @@ def run_train(args: argparse.Namespace) -> int:
             args.normal, args.out, method=args.method, target_false_alarms_per_hour=target,
             window_hop_seconds=args.window_hop_seconds, trigger_k=args.trigger_k, trigger_n=args.trigger_n,
             seed=args.seed, epochs=args.epochs, channel=parse_channel(args.channel), name=args.name,
-            machine_type=args.machine_type, progress=progress)
+            machine_type=args.machine_type, outlier_bank=args.outlier_bank,
+            train_only_paths=getattr(args, "feedback_clips", None) or (), progress=progress)
     except (TrainingInputError, CalibrationError) as exc:
         print(f"edge-monitor train: {exc}", file=sys.stderr)
         return 2
