@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 
 from edge_monitor.events import Event, HealthEvent
-from edge_monitor.features import StreamingExtractor, to_mono_float
+from edge_monitor.features import StreamingExtractor
 from edge_monitor.model import ModelError, ModelRunner, load_model
 
 if TYPE_CHECKING:
@@ -234,6 +234,7 @@ def add_identify_arguments(p: argparse.ArgumentParser) -> None:
 def run_identify(args: argparse.Namespace) -> int:
     """Listen to the configured source and say which machine type it sounds like. 0 ran, 1 source failure, 2 bad input."""
     from edge_monitor.config import ConfigError, load_config
+    from edge_monitor.pipeline import select_channels  # pipeline imports this module: import it here
     from edge_monitor.sources.base import SourceError
     from edge_monitor.sources.factory import make_source
     from edge_monitor.sources.pump import SourcePump
@@ -270,13 +271,10 @@ def run_identify(args: argparse.Namespace) -> int:
         return fail(f"{cfg.source.type} source delivers {source.sample_rate} Hz but {model_path} expects "
                     f"{check.sample_rate} Hz")
     print(f"listening to {cfg.source.type} for {seconds:g} s of sound ...", file=sys.stderr)
-    channels = tuple(cfg.source.channels)
-    select = (lambda x: to_mono_float(x, channels[0])) if cfg.source.mix == "first" or len(channels) == 1 \
-        else (lambda x: to_mono_float(x, channels))
     deadline = time.monotonic() + IDENTIFY_TIMEOUT_FACTOR * seconds + 10.0
     try:
         for block in SourcePump(source, keep_going=lambda: not check.done and time.monotonic() < deadline):
-            check.process(select(block.samples), block.t_s)
+            check.process(select_channels(block.samples, cfg.source.channels, cfg.source.mix), block.t_s)
     except SourceError as exc:
         check.close()
         return fail(f"listening stopped: {exc}", 1)

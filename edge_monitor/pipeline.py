@@ -52,6 +52,15 @@ def detector_settings(cfg: Config, model_threshold: float) -> DetectorSettings:
         silence_dbfs=h.silence_dbfs, clipping_fraction=h.clipping_fraction)
 
 
+def select_channels(samples: np.ndarray, channels: Sequence[int], mix: str) -> np.ndarray:
+    """A machine's channel(s) of a ``(frames, channels)`` block → ``(frames,)`` float32: one, or the mean of several."""
+    if samples.ndim == 1:
+        return to_mono_float(samples)
+    if mix == "first" or len(channels) == 1:
+        return to_mono_float(samples, channels[0])
+    return to_mono_float(samples, tuple(channels))
+
+
 class Pipeline:
     """Features, model and detector for one machine."""
 
@@ -101,11 +110,7 @@ class Pipeline:
 
     def select(self, samples: np.ndarray) -> np.ndarray:
         """Pick this machine's channel(s) from a ``(frames, channels)`` block → ``(frames,)`` float32."""
-        if samples.ndim == 1:
-            return to_mono_float(samples)
-        if self.mix == "first" or len(self.channels) == 1:
-            return to_mono_float(samples, self.channels[0])
-        return to_mono_float(samples, self.channels)
+        return select_channels(samples, self.channels, self.mix)
 
     def process(self, block: Block) -> list[Event]:
         """Process one block from a source; returns the events it caused."""

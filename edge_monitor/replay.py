@@ -8,10 +8,10 @@ import json
 import sys
 from typing import Optional
 
-from edge_monitor.config import ConfigError, load_config
+from edge_monitor.config import Config, ConfigError, load_config
 from edge_monitor.events import ScoreEvent, StateEvent
 from edge_monitor.features import FeatureError
-from edge_monitor.model import ModelError, load_model
+from edge_monitor.model import ModelError, ModelRunner, load_model
 from edge_monitor.pipeline import Pipeline
 from edge_monitor.scoring import ScoringError, check_file_rate
 from edge_monitor.sinks.console import ConsoleSink
@@ -33,6 +33,28 @@ def parse_start(text: Optional[str]) -> Optional[float]:
         return dt.timestamp()
 
 
+def _open_file(args: argparse.Namespace, cfg: Config, runner: ModelRunner) -> WavFileSource:
+    """The opened WAV source for ``args.file``; ValueError (one sentence) when it cannot be replayed."""
+    try:
+        start = parse_start(args.start)
+    except ValueError:
+        raise ValueError(f"--start {args.start!r} is neither a UNIX time nor an ISO 8601 date") from None
+    source = WavFileSource(args.file, block_seconds=cfg.source.block_seconds, realtime=args.realtime,
+                           start_time_s=start)
+    try:
+        source.open()
+        check_file_rate(runner.bundle.spec.sample_rate, source.sample_rate, args.file)
+    except (SourceError, ScoringError) as exc:
+        source.close()
+        raise ValueError(str(exc)) from None
+    needed = max(cfg.source.channels) + 1
+    if source.channels < needed:
+        source.close()
+        raise ValueError(f"{args.file}: has {source.channels} channel(s) but source.channels asks for channel "
+                         f"{needed - 1}")
+    return source
+
+
 def replay(args: argparse.Namespace) -> int:
     """Run the pipeline over ``args.file`` with ``args.config``; 0 ok, 2 bad input."""
     def fail(msg: str) -> int:
@@ -46,29 +68,13 @@ def replay(args: argparse.Namespace) -> int:
         return 2
     try:
         runner = load_model(cfg.model.path, threads=cfg.model.threads)
-    except ModelError as exc:
+        source = _open_file(args, cfg, runner)
+    except (ModelError, ValueError) as exc:
         return fail(str(exc))
-    try:
-        start = parse_start(args.start)
-    except ValueError:
-        return fail(f"--start {args.start!r} is neither a UNIX time nor an ISO 8601 date")
-    source = WavFileSource(args.file, block_seconds=cfg.source.block_seconds, realtime=args.realtime,
-                           start_time_s=start)
-    try:
-        source.open()
-    except SourceError as exc:
-        return fail(str(exc))
-    try:
-        check_file_rate(runner.bundle.spec.sample_rate, source.sample_rate, args.file)
-    except ScoringError as exc:
-        return fail(str(exc))
-    needed = max(cfg.source.channels) + 1
-    if source.channels < needed:
-        return fail(f"{args.file}: has {source.channels} channel(s) but source.channels asks for channel "
-                    f"{needed - 1}")
     try:
         pipeline = Pipeline.from_config(cfg, runner)
     except ModelError as exc:
+        source.close()
         return fail(str(exc))
     first_t_s: list[float] = []  # UNIX time of the file's first sample: alerts also say where they fall in it
     end_t_s = 0.0                # UNIX time just after the last sample read

@@ -87,8 +87,7 @@ class MqttSink:
         request. The sink neither applies nor saves it; the owner (the daemon's Machine)
         validates, saves and applies it and publishes the threshold in force through
         ``show_threshold``. It raises to refuse the value (the reason goes out on
-        ``threshold/error``) or returns a warning text (applied, but e.g. not saved).
-        Without a handler every request is refused.
+        ``threshold/error``) or returns a warning text. Without one every request is refused.
         ``on_health`` receives the sink's ``mqtt_error``/``mqtt_ok`` events.
         ``clips_dir`` is where ``clip/get`` requests are served from (None: they are refused).
 
