@@ -9,7 +9,7 @@ import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from edge_monitor import __version__
 
@@ -209,7 +209,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"edge-monitor {__version__}")
     p.add_argument("--log-level", default=None, choices=("debug", "info", "warning", "error"))
     sub = p.add_subparsers(dest="verb", metavar="VERB")
+    _add_gateway_verbs(sub)
+    _add_model_verbs(sub)
+    return p
 
+
+def _add_gateway_verbs(sub: Any) -> None:
+    """The verbs that run on a gateway: run, check-config, forget, devices, record, identify."""
     s = sub.add_parser("run", help="run the monitoring daemon")
     s.add_argument("--config", "-c", action="append", default=None,
                    help="machine config YAML (repeat for several machines on one gateway; "
@@ -251,6 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_identify_arguments(s)
     s.set_defaults(func=cmd_identify)
 
+
+def _add_model_verbs(sub: Any) -> None:
+    """The verbs about models and recordings: train, train-classifier, evaluate, score, replay, bench."""
     for verb, module, add, run, help_text in (
         ("train", "unsupervised", "add_train_arguments", "run_train",
          "train an unsupervised model from normal recordings"),
@@ -292,7 +301,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="audio length for the throughput run (seconds)")
     s.add_argument("--model", default=None, help="model bundle (default: the bundled demo)")
     s.set_defaults(func=cmd_bench)
-    return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
