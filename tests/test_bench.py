@@ -51,6 +51,18 @@ def test_bench_describes_the_machine_and_the_targets(bench_result: dict) -> None
     assert "SYNTHETIC" in bench_result["audio"]
 
 
+
+@pytest.mark.timeout(600)
+def test_librosa_ratio_is_a_median_of_interleaved_pairs_with_its_spread(bench_result: dict) -> None:
+    pairs = bench_result["librosa_pairs"]
+    for key in ("librosa_ratio", "librosa_ratio_live_blocks", "librosa_ratio_cpu"):
+        spread = bench_result[key + "_spread"]
+        assert len(spread["runs"]) == pairs >= 3, spread
+        assert spread["min"] <= spread["median"] <= spread["max"], spread
+        assert spread["median"] == pytest.approx(bench_result[key], abs=0.01)
+    assert all(n >= 1 for n in bench_result["librosa_our_passes"])
+    assert "projection" in bench_result["cpu_percent_8_machines_method"]
+
 @pytest.mark.timeout(600)
 def test_live_path_imports_no_heavy_modules(bench_result: dict) -> None:
     assert bench_result["rss_heavy_modules"] == []
