@@ -37,6 +37,7 @@ AGGREGATES: dict[str, Callable[[np.ndarray], float]] = {
     "max": lambda w: float(np.max(w))}
 Scorer = Callable[[np.ndarray], np.ndarray]   # audio -> window scores
 Fitter = Callable[[list[np.ndarray]], Scorer]  # normal audios -> scorer
+_BANK: dict[str, np.ndarray] = {}              # the outlier bank of the group being evaluated (other machines)
 
 
 # ---------------------------------------------------------------- features
@@ -108,6 +109,70 @@ def gmm(x: np.ndarray, components: int = 4) -> Callable[[np.ndarray], np.ndarray
 
     g = GaussianMixture(components, covariance_type="diag", reg_covar=1e-2, random_state=0).fit(x)
     return lambda y: -g.score_samples(y)
+
+
+def logistic_vs_bank(x: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """Log-odds of "another machine" from a logistic regression of the outlier bank against ``x``."""
+    from edge_monitor.training.outlier_bank import fit_logistic
+
+    mu, sd = x.mean(axis=0), x.std(axis=0) + 1e-3
+    w, b = fit_logistic((x - mu) / sd, (_BANK["frames"] - mu) / sd)
+    return lambda y: (y - mu) / sd @ w + b
+
+
+def session_covariance(x: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """Ledoit-Wolf plus the covariance of whole-recording mean shifts seen on *other* machines' clips."""
+    from sklearn.covariance import LedoitWolf
+
+    est = LedoitWolf().fit(x)
+    prec = np.linalg.inv(est.covariance_ + 0.3 * _BANK["session_cov"])
+    mu = est.location_
+    return lambda y: np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", y - mu, prec, y - mu), 0.0))
+
+
+def two_part(feat: Callable[[np.ndarray], np.ndarray], combine: str, weight: float = 1.0) -> Fitter:
+    """Ledoit-Wolf distance and the bank's log-odds, each scaled by its median and IQR on the training frames."""
+    def fit(normals: list[np.ndarray]) -> Scorer:
+        x = np.concatenate([feat(a) for a in normals])
+        parts = [ledoit_wolf(x), logistic_vs_bank(x)]
+        scale = [(float(np.median(p(x))), float(np.subtract(*np.percentile(p(x), [75, 25]))) + 1e-9) for p in parts]
+
+        def score(audio: np.ndarray) -> np.ndarray:
+            f = feat(audio)
+            a, b = (_windows((p(f) - m) / s) for p, (m, s) in zip(parts, scale))
+            return np.maximum(a, b) if combine == "max" else a + weight * b
+        return score
+    return fit
+
+
+def _windows(d: np.ndarray) -> np.ndarray:
+    n = 1 + (d.size - WINDOW_FRAMES) // HOP_FRAMES
+    csum = np.concatenate([[0.0], np.cumsum(d)])
+    starts = np.arange(max(n, 0)) * HOP_FRAMES
+    return (csum[starts + WINDOW_FRAMES] - csum[starts]) / WINDOW_FRAMES
+
+
+def set_bank(data: Path, group: dict, level_free_frames: Callable[[Path], np.ndarray]) -> None:
+    """The outlier bank and session covariance for ``group``: every other machine's normal clips under ``data``."""
+    from edge_monitor.training.outlier_bank import FRAMES_PER_CLIP, machine_key
+    from edge_monitor.training.per_machine import bank_key
+
+    rng = np.random.default_rng(0)
+    own = bank_key(group)
+    by_machine: dict[str, list[np.ndarray]] = {}
+    for path in sorted(data.rglob("*.wav")):
+        key = machine_key(path, data)
+        if key is not None and key != own:
+            by_machine.setdefault(key, []).append(level_free_frames(path))
+    picks, shifts = [], []
+    for clips in by_machine.values():
+        picks += [c[rng.choice(len(c), min(FRAMES_PER_CLIP, len(c)), replace=False)] for c in clips]
+        if len(clips) >= 2:
+            means = np.array([c.mean(axis=0) for c in clips])
+            shifts.append((means - means.mean(axis=0)) * np.sqrt(len(clips) / (len(clips) - 1)))
+    _BANK["frames"] = np.concatenate(picks)
+    d = np.concatenate(shifts)
+    _BANK["session_cov"] = d.T @ d / len(d)
 
 
 # ---------------------------------------------------------------- candidates
@@ -186,6 +251,17 @@ def candidates(yamnet: Optional[Path]) -> dict[str, Fitter]:
         "window mean+std 128, kNN-1 memory bank": window_model(
             lambda a, h: window_stats(logmel(a, 128), h, False), knn),
     }
+    lf128 = lambda a: level_free(logmel(a, 128))  # noqa: E731
+    c.update({
+        "level-free 128 frames, logistic regression against other machines (outlier bank)": frame_model(
+            lf128, logistic_vs_bank),
+        "frames + outlier-bank logistic, IQR-scaled sum (train --outlier-bank)": two_part(lf128, "sum"),
+        "frames + outlier-bank logistic, sum with the logistic at half weight": two_part(lf128, "sum", 0.5),
+        "frames + outlier-bank logistic, sum with the logistic at double weight": two_part(lf128, "sum", 2.0),
+        "frames + outlier-bank logistic, maximum of the two": two_part(lf128, "max"),
+        "level-free 128 frames, Ledoit-Wolf + other machines' between-recording covariance": frame_model(
+            lf128, session_covariance),
+    })
     if yamnet is not None and (yamnet / "yamnet_spectra_in.tflite").exists():
         c["YAMNet int8 embedding, Ledoit-Wolf"] = yamnet_model(yamnet, ledoit_wolf)
     return c
@@ -193,10 +269,19 @@ def candidates(yamnet: Optional[Path]) -> dict[str, Fitter]:
 
 # ---------------------------------------------------------------- running
 
-def evaluate(fit: Fitter, group_folds: list[tuple[dict, list[dict]]]) -> dict[str, dict[str, Optional[float]]]:
-    """``{group name: {aggregate: mean fold AUC}}``."""
+def evaluate(fit: Fitter, group_folds: list[tuple[dict, list[dict]]],
+             data: Optional[Path] = None) -> dict[str, dict[str, Optional[float]]]:
+    """``{group name: {aggregate: mean fold AUC}}``; with ``data``, each group's outlier bank leaves it out."""
     out: dict[str, dict[str, Optional[float]]] = {}
+    frames_of: dict[Path, np.ndarray] = {}
+
+    def lf(path: Path) -> np.ndarray:
+        if path not in frames_of:
+            frames_of[path] = level_free(logmel(load_mono(path, 16000, 0), 128))
+        return frames_of[path]
     for group, fl in group_folds:
+        if data is not None:
+            set_bank(data, group, lf)
         per_agg: dict[str, list[float]] = {a: [] for a in AGGREGATES}
         for fold in fl:
             scorer = fit([load_mono(p, 16000, 0) for p in fold["train"]])
@@ -234,7 +319,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for name, fit in candidates(args.yamnet).items():
             if args.only and args.only not in name:
                 continue
-            res = evaluate(fit, group_folds)
+            res = evaluate(fit, group_folds, args.data)
             for agg in AGGREGATES:
                 vals = {k: v[agg] for k, v in res.items() if v[agg] is not None}
                 by_set = [np.mean([v for k, v in vals.items() if k.startswith(s + " ")]) for s in sets]
