@@ -81,11 +81,9 @@ def _write_recording(path: Path) -> None:
     write_wav(path, rec, RATE)
 
 
-def _config(folder: Path, model: Path, recording: Path, web_port: int, threshold: float | None = None) -> Path:
-    path = folder / f"{model.stem}{'' if threshold is None else '-kept-threshold'}.yaml"
+def _config(folder: Path, model: Path, recording: Path, web_port: int) -> Path:
+    path = folder / f"{model.stem}.yaml"
     detection: dict[str, Any] = {"trigger_k": 3, "trigger_n": 5, "clear_windows": 4, "cooldown_seconds": 5}
-    if threshold is not None:
-        detection["threshold"] = threshold
     path.write_text(yaml.safe_dump({
         "machine": {"id": MACHINE, "type": "fan", "name": "Loop fan (synthetic)"},
         "model": {"path": str(model)},
@@ -204,14 +202,11 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out["after"] = _replay(_config(d, d / "after.tflite", recording, free_port()), recording)
     out["thresholds"] = [json.loads(_cli("score", "--model", str(d / f"{n}.tflite"), str(recording),
                                          "--json").stdout)["threshold"] for n in ("before", "after")]
-    out["kept"] = _replay(_config(d, d / "after.tflite", recording, free_port(), out["thresholds"][0]), recording)
     print("feedback loop:", json.dumps({
         "thresholds": out["thresholds"],
         "pump_peak": [_peak(*out[k][1:], PUMP_S) for k in ("before", "after")],
         "fault_peak": [_peak(*out[k][1:], FAULT_S) for k in ("before", "after")],
         "normal_after_fault_peak": [_peak(*out[k][1:], AFTER_FAULT_S) for k in ("before", "after")],
-        "alerts_after_with_old_threshold": [round(a["recording_s"], 1) for a in out["kept"][0]
-                                            if a["type"] == "start"],
         "alerts_before": [round(a["recording_s"], 1) for a in out["before"][0] if a["type"] == "start"],
         "alerts_after": [round(a["recording_s"], 1) for a in out["after"][0] if a["type"] == "start"]}))
     return out
@@ -257,14 +252,11 @@ def test_after_retraining_the_model_still_scores_the_fault_above_the_old_thresho
     assert _peak(t, scores, AFTER_FAULT_S) < loop["thresholds"][0]  # normal after it stays calm
 
 
-def test_retrained_model_with_the_previous_threshold_keeps_the_fault_and_drops_the_pump(loop: dict[str, Any]) -> None:
-    """The workaround docs/web.md gives until training keeps feedback clips out of the held-out folds."""
-    alerts = loop["kept"][0]
-    assert _starts_in(alerts, PUMP_S) == [], alerts
-    assert len(_starts_in(alerts, FAULT_S)) == 1, alerts
-    assert len([a for a in alerts if a["type"] == "start"]) == 1, alerts
-
-
 def test_after_retraining_the_fault_still_alerts(loop: dict[str, Any]) -> None:
     alerts = loop["after"][0]
     assert len(_starts_in(alerts, FAULT_S)) == 1, (alerts, loop["thresholds"])
+    assert len([a for a in alerts if a["type"] == "start"]) == 1, alerts
+    # the false alarm's clip is never held out in calibration: had it been, the threshold would have risen above
+    # the pump's out-of-fold scores (to about 74 here) and silenced the fault too
+    before, after = loop["thresholds"]
+    assert after < 1.5 * before, loop["thresholds"]
