@@ -15,6 +15,7 @@ import math
 import os
 import re
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -376,7 +377,7 @@ class _Builder:
         except TypeError:
             return None
 
-    def value(self, tp: Any, value: Any, path: _Path, meta: dict) -> tuple[bool, Any]:
+    def value(self, tp: Any, value: Any, path: _Path, meta: Mapping[str, Any]) -> tuple[bool, Any]:
         if value is _INVALID:
             return False, None  # already reported where it was read
         origin = typing.get_origin(tp)
@@ -443,7 +444,7 @@ class _Builder:
         return True, value
 
     @staticmethod
-    def _range(meta: dict) -> str:
+    def _range(meta: Mapping[str, Any]) -> str:
         lo, hi = meta.get("lo"), meta.get("hi")
         if lo is None and hi is None:
             return ""

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -120,7 +120,7 @@ class FeatureSpec:
 
 # ---------------------------------------------------------------- filterbank
 
-def _hz_to_mel(f: np.ndarray, scale: str) -> np.ndarray:
+def _hz_to_mel(f: Union[np.ndarray, float], scale: str) -> np.ndarray:
     f = np.asarray(f, dtype=np.float64)
     if scale == "htk":
         return 2595.0 * np.log10(1.0 + f / 700.0)
@@ -228,7 +228,7 @@ def to_mono_float(audio: np.ndarray, channel: Any = "mean") -> np.ndarray:
         raise FeatureError(f"channel {channel!r} does not exist: the audio has {n_ch} channel(s)")
     if len(idx) == 1:
         return np.ascontiguousarray(x[:, idx[0]])
-    return x[:, idx].mean(axis=1, dtype=np.float32)
+    return x[:, np.asarray(idx, dtype=np.intp)].mean(axis=1, dtype=np.float32)
 
 
 def check_sample_rate(spec: FeatureSpec, sample_rate_hz: int, what: str = "audio") -> None:

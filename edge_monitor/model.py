@@ -252,7 +252,7 @@ class ModelRunner:
             return max(value - self._offset, 0.0)
         if kind == "embedding":
             d = y.astype(np.float64) - self._mean
-            return float(np.sqrt(max(d @ self._precision @ d, 0.0)))
+            return float(np.sqrt(max(float(d @ self._precision @ d), 0.0)))
         probs = y.astype(np.float64)
         if probs.min() < -1e-3 or abs(probs.sum() - 1.0) > 0.05:  # logits: apply softmax
             e = np.exp(probs - probs.max())

@@ -78,7 +78,9 @@ def _real_clips(real: Optional[Path]) -> list[dict[str, Any]]:
     return clips
 
 
-def _link_real(clip: dict[str, Any], folder: Path, real: Path) -> None:
+def _link_real(clip: dict[str, Any], folder: Path, real: Optional[Path]) -> None:
+    if real is None:
+        raise ValueError("a real clip needs the folder it came from")
     folder.mkdir(parents=True, exist_ok=True)
     rel = clip["path"].relative_to(real)
     (folder / "__".join(rel.parts)).symlink_to(clip["path"].resolve())
@@ -228,7 +230,8 @@ def tune_alert_threshold(path: Path, *, clips_per_machine: int = 4, clip_seconds
 
     runner = load_model(path)
     hop = hop_frames_for(runner, window_hop_seconds)
-    normal, faulty = [], {0.5: [], 0.8: []}
+    normal: list[np.ndarray] = []
+    faulty: dict[float, list[np.ndarray]] = {0.5: [], 0.8: []}
     for machine in synthetic.MACHINES:
         for i in range(clips_per_machine):
             audio = synthetic.generate(machine, clip_seconds, SAMPLE_RATE_HZ, seed=TUNE_SEED + i)

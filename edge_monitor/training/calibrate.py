@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
 
@@ -113,7 +113,7 @@ def _tail_exceedance(threshold: float, u: float, beta: float, scores: np.ndarray
     return (1.0 - TAIL_QUANTILE) * math.exp(-(lt - u) / beta)
 
 
-def calibrate_threshold(heldout_window_scores: Sequence[float], *, target_alarms_per_hour: float,
+def calibrate_threshold(heldout_window_scores: Union[Sequence[float], np.ndarray], *, target_alarms_per_hour: float,
                         window_hop_seconds: float, window_seconds: float, k: int = 3, n: int = 5,
                         heldout_files: int = 0) -> tuple[float, dict[str, Any]]:
     """``(threshold, threshold_basis)`` from held-out normal window scores. See the module docstring."""
@@ -160,7 +160,7 @@ def calibrate_threshold(heldout_window_scores: Sequence[float], *, target_alarms
     return threshold, basis
 
 
-def count_alerts(window_scores: Sequence[float], threshold: float, *, k: int = 3, n: int = 5,
+def count_alerts(window_scores: Union[Sequence[float], np.ndarray], threshold: float, *, k: int = 3, n: int = 5,
                  clear_windows: int = 5, window_hop_seconds: float = 0.5, cooldown_seconds: float = 30.0) -> int:
     """Alerts the real detector raises over one recording's window scores (no silence/clipping)."""
     from edge_monitor.detector import Detector, DetectorSettings

@@ -300,16 +300,16 @@ def cross_validate(files: Sequence[LabelledFile], ws: WindowSet, labels: Sequenc
         probs = model.predict(x[..., None], batch_size=256, verbose=0)
         for i, p in _file_predictions(probs, ws.file[test_mask], len(files)).items():
             predicted[i] = int(np.argmax(p))
-    true_idx = [labels.index(files[i].label) for i in sorted(predicted)]
-    pred_idx = [predicted[i] for i in sorted(predicted)]
+    true_idx: list[int] = [labels.index(files[i].label) for i in sorted(predicted)]
+    pred_idx: list[int] = [int(predicted[i]) for i in sorted(predicted)]
     by_source: dict[str, dict[str, Any]] = {}
     for name, synthetic in (("real", False), ("synthetic", True)):
         sel = [j for j, i in enumerate(sorted(predicted)) if files[i].synthetic == synthetic]
         if sel:
             t = [true_idx[j] for j in sel]
-            p = [pred_idx[j] for j in sel]
-            by_source[name] = {"files": len(sel), "accuracy": float(np.mean(np.equal(t, p))),
-                               "confusion": confusion_matrix(t, p, n_labels)}
+            guess = [pred_idx[j] for j in sel]
+            by_source[name] = {"files": len(sel), "accuracy": float(np.mean(np.equal(t, guess))),
+                               "confusion": confusion_matrix(t, guess, n_labels)}
     predictions = [{"file": str(files[i].path), "label": files[i].label, "predicted": labels[predicted[i]],
                     "synthetic": files[i].synthetic} for i in sorted(predicted)]
     return CrossValidation(folds=folds, labels=list(labels), accuracy=float(np.mean(np.equal(true_idx, pred_idx))),

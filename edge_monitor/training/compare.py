@@ -111,8 +111,8 @@ def _real_cases(data: Path, tmp: Path) -> list[dict]:
         cut_dir = tmp / "mimii_valve"
         cut_dir.mkdir(parents=True, exist_ok=True)
         train = n00 + [_cut(f, cut_dir / f"train_{f.name}", 0.0, 6.0) for f in n06]
-        test = [(_cut(f, cut_dir / f"test_{f.name}", 6.0, None), 0) for f in n06] + [(f, 1) for f in a06]
-        cases.append({"name": "MIMII valve", "train": train, "test": test})
+        held = [(_cut(f, cut_dir / f"test_{f.name}", 6.0, None), 0) for f in n06] + [(f, 1) for f in a06]
+        cases.append({"name": "MIMII valve", "train": train, "test": held})
     return cases
 
 
@@ -324,7 +324,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.verbose:
             print(msg, file=sys.stderr, flush=True)
 
-    results, false_alarms = [], []
+    results: list[dict[str, Any]] = []
+    false_alarms: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="edge-monitor-compare-") as tmpd:
         tmp = Path(tmpd)
         cases = []

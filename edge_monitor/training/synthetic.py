@@ -213,9 +213,9 @@ def sequence_parts(machine: str, segments: Sequence[Segment], sample_rate_hz: in
     speed_offset = rng.uniform(-0.015, 0.015)  # operating point of this clip
 
     controls = _controls(parsed, boundaries, n, fs)
-    block_p, block_s = controls.get("blockage", (None, None))
     speed = 1.0 + speed_offset + params["wander"] * _slow_noise(rng, n, fs, 0.15)
-    if block_p is not None:
+    if "blockage" in controls:
+        block_p, block_s = controls["blockage"]
         speed = speed - block_p * (0.004 + 0.076 * block_s)  # a blocked machine labours and slows down
     scene = _Scene(n=n, fs=float(fs), params=params, rng=rng, speed=speed, blockage=controls.get("blockage"))
     sound = _SYNTHS[machine](scene)
@@ -382,8 +382,8 @@ def _faded_steps(values: list[float], boundaries: np.ndarray, n: int, fade_sampl
 # Signal helpers
 
 
-def _db(db: np.ndarray | float) -> np.ndarray | float:
-    return 10.0 ** (np.asarray(db) / 20.0)
+def _db(db: np.ndarray | float) -> np.ndarray:
+    return np.asarray(10.0 ** (np.asarray(db) / 20.0))
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
