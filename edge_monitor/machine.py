@@ -42,7 +42,7 @@ from edge_monitor.threshold_store import UNRECORDED, ThresholdStore, is_valid_th
 if TYPE_CHECKING:
     from edge_monitor.sinks.clips import ClipRecorder
 
-_LOGGER = logging.getLogger(__name__)
+_LOGGER = logging.getLogger("edge_monitor.daemon")  # the daemon's log name, which log readers and benchmarks match
 
 
 RELOADABLE = {

@@ -18,7 +18,7 @@ from edge_monitor.sources.base import Source, SourceError
 from edge_monitor.sources.pump import SourcePump
 from edge_monitor.sources.wavfile import WavFileSource
 
-_LOGGER = logging.getLogger(__name__)
+_LOGGER = logging.getLogger("edge_monitor.daemon")  # the daemon's log name, which log readers and benchmarks match
 
 
 class SourceWorker(threading.Thread):
