@@ -9,11 +9,13 @@ import sys
 from typing import Optional
 
 from edge_monitor.config import Config, ConfigError, load_config
-from edge_monitor.events import ScoreEvent, StateEvent
+from edge_monitor.events import Event, ScoreEvent
 from edge_monitor.features import FeatureError
+from edge_monitor.machine import Machine
 from edge_monitor.model import ModelError, ModelRunner, load_model
 from edge_monitor.pipeline import Pipeline
 from edge_monitor.scoring import ScoringError, check_file_rate
+from edge_monitor.sinks.base import Sink
 from edge_monitor.sinks.console import ConsoleSink
 from edge_monitor.sources.base import SourceError
 from edge_monitor.sources.pump import SourcePump
@@ -76,30 +78,30 @@ def replay(args: argparse.Namespace) -> int:
     except ModelError as exc:
         source.close()
         return fail(str(exc))
-    first_t_s: list[float] = []  # UNIX time of the file's first sample: alerts also say where they fall in it
-    end_t_s = 0.0                # UNIX time just after the last sample read
-    sink = ConsoleSink(sys.stdout, recording_offset=lambda t_s: t_s - first_t_s[0] if first_t_s else None)
+    # The daemon's Machine, with the console instead of MQTT: the same events by construction.
+    console = ConsoleSink(sys.stdout)
+    sinks: list[Sink] = [console] + ([_ScoreLines()] if args.scores else [])
+    machine = Machine(cfg, pipeline, sinks)
+    console.recording_offset = machine.recording_offset_s
     try:
         for block in SourcePump(source):
-            if not first_t_s:
-                first_t_s.append(block.t_s)
-            end_t_s = block.t_s + block.samples.shape[0] / block.sample_rate
-            for event in pipeline.process(block):
-                if isinstance(event, ScoreEvent):
-                    if args.scores:  # with label probabilities for classifier bundles
-                        print(json.dumps({"event": "score", **event.to_payload()}), flush=True)
-                    continue
-                sink.handle(event)
-        # The daemon ends an open episode when it stops (reason "shutdown", state "unknown"): so does replay.
-        ends = pipeline.detector.close_episode(end_t_s, "shutdown")
-        for event in ends:
-            sink.handle(event)
-        if ends:
-            sink.handle(StateEvent(cfg.machine.id, "unknown", end_t_s))
+            machine.process(block, source)
+        machine.close_episode_on_stop()  # as the daemon's stop: reason "shutdown", then state "unknown"
     except FeatureError as exc:
         return fail(str(exc))
     finally:
         source.close()
-        sink.close()
-        pipeline.close()
+        machine.close()
     return 0
+
+
+class _ScoreLines:
+    """``replay --scores``: every window score as a JSON line (with label probabilities for classifiers)."""
+
+    def handle(self, event: Event) -> None:
+        """Print a score; other events are the console sink's."""
+        if isinstance(event, ScoreEvent):
+            print(json.dumps({"event": "score", **event.to_payload()}), flush=True)
+
+    def close(self) -> None:
+        """Nothing to release."""
