@@ -54,11 +54,9 @@ def setup_problems(web: WebConfig) -> list[str]:
 
 
 def _threshold_setter(machine: Machine) -> Any:
-    def set_threshold(value: float) -> str:
-        warning = machine.set_threshold(value)  # ValueError refuses, as for threshold/set
-        machine.show_threshold(machine.settings.threshold)  # retained threshold/state follows
-        return warning
-    return set_threshold
+    # the Machine validates (ValueError refuses, as for threshold/set), saves, applies and publishes
+    # the retained threshold/state itself, under its settings lock
+    return machine.set_threshold
 
 
 def build_web(daemon: Daemon) -> Optional[WebServer]:
