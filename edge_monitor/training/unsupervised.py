@@ -437,7 +437,6 @@ def _fit(method: str, train_clips: list[_Clip], base_spec: FeatureSpec, epochs: 
          say: Progress, bank_db: Optional[np.ndarray] = None) -> _Fitted:
     """Features, normalisation, training, int8 conversion and (embeddings) the normal statistics."""
     from edge_monitor.features import normalise
-    from edge_monitor.model import load_model
     from edge_monitor.training.export import convert_int8
 
     raw_feats = [extract(base_spec, c.audio) for c in train_clips]
@@ -487,20 +486,28 @@ def _fit(method: str, train_clips: list[_Clip], base_spec: FeatureSpec, epochs: 
         # below normal sound, and the log-scale tail fit of the calibration would see almost no spread.
         meta["score"] = _frames_score_meta(tflite, meta, raw_windows, x, rng, bank_db is not None)
     else:
-        # the normal statistics are fitted on the int8 model's own outputs, so the runtime scores what was fitted
-        d = int(np.prod(trained.export_model.output_shape[1:]))
-        meta["score"] = {"type": "mahalanobis", "mean": [0.0] * d, "precision": np.eye(d).tolist()}
-        with tempfile.TemporaryDirectory(prefix="edge-monitor-train-") as tmpd:
-            tmp_bundle = Path(tmpd) / "model.tflite"
-            _write_bundle(tflite, meta, tmp_bundle)
-            runner = load_model(tmp_bundle)
-            fit_idx = np.sort(rng.choice(x.shape[0], min(3000, x.shape[0]), replace=False))
-            emb = np.stack([runner.infer(x[i]).reshape(-1) for i in fit_idx]).astype(np.float64)
-            runner.close()
-        emb_mean = emb.mean(axis=0)
-        precision = np.linalg.inv(_shrunk_cov(emb - emb_mean))
-        meta["score"] = {"type": "mahalanobis", "mean": emb_mean.tolist(), "precision": precision.tolist()}
+        meta["score"] = _mahalanobis_score_meta(tflite, meta, trained, x, rng)
     return _Fitted(tflite, meta, spec, trained, int(x.shape[0]))
+
+
+def _mahalanobis_score_meta(tflite: bytes, meta: dict, trained: _Trained, x: np.ndarray,
+                            rng: np.random.Generator) -> dict[str, Any]:
+    """Embedding models: the normal statistics, fitted on the int8 model's own outputs (so the runtime
+    scores exactly what was fitted)."""
+    from edge_monitor.model import load_model
+
+    d = int(np.prod(trained.export_model.output_shape[1:]))
+    placeholder = {"type": "mahalanobis", "mean": [0.0] * d, "precision": np.eye(d).tolist()}
+    with tempfile.TemporaryDirectory(prefix="edge-monitor-train-") as tmpd:
+        tmp_bundle = Path(tmpd) / "model.tflite"
+        _write_bundle(tflite, dict(meta, score=placeholder), tmp_bundle)
+        runner = load_model(tmp_bundle)
+        fit_idx = np.sort(rng.choice(x.shape[0], min(3000, x.shape[0]), replace=False))
+        emb = np.stack([runner.infer(x[i]).reshape(-1) for i in fit_idx]).astype(np.float64)
+        runner.close()
+    emb_mean = emb.mean(axis=0)
+    precision = np.linalg.inv(_shrunk_cov(emb - emb_mean))
+    return {"type": "mahalanobis", "mean": emb_mean.tolist(), "precision": precision.tolist()}
 
 
 def _frames_score_meta(tflite: bytes, meta: dict, raw_windows: np.ndarray, x: np.ndarray,
@@ -554,6 +561,135 @@ def _heldout_scores(fitted: _Fitted, clips: list[_Clip], window_hop_seconds: flo
     return dense, [s[::stride] for s in dense]
 
 
+@dataclasses.dataclass
+class _Input:
+    """The training audio, read and checked."""
+
+    files: list[Path]
+    clips: list[_Clip]
+    extra: list[_Clip]      # train-only clips (feedback): in every fold's training part, never held out
+    total_s: float
+
+
+@dataclasses.dataclass
+class _Scoring:
+    """The shipped model and the out-of-fold scores its threshold is calibrated on."""
+
+    fitted: _Fitted
+    folds: list[tuple[list[_Clip], list[_Clip]]]
+    train_clips: list[_Clip]
+    held_clips: list[_Clip]
+    dense_scores: list[np.ndarray]
+    held_scores: list[np.ndarray]
+
+
+def _read_input(normal_paths: Sequence[Union[str, Path]], train_only_paths: Sequence[Union[str, Path]],
+                spec: FeatureSpec, channel: Any, say: Progress) -> _Input:
+    """Find, read and check the normal audio; warn where it is thin."""
+    files = find_wavs(normal_paths)
+    if not files:
+        raise TrainingInputError("no normal recordings were given")
+    clips = load_clips(files, spec.sample_rate, channel)
+    extra_files = [f for f in find_wavs(train_only_paths) if f not in files] if train_only_paths else []
+    extra = load_clips(extra_files, spec.sample_rate, channel) if extra_files else []
+    total_s = sum(c.audio.size for c in clips) / spec.sample_rate
+    if total_s < MIN_TRAIN_SECONDS:
+        raise TrainingInputError(f"only {total_s:.1f} s of normal audio in {len(files)} file(s); "
+                                 f"training needs at least {MIN_TRAIN_SECONDS:.0f} s "
+                                 f"(recommended {RECOMMENDED_TRAIN_SECONDS:.0f} s to 10 min)")
+    if total_s < RECOMMENDED_TRAIN_SECONDS:
+        say(f"warning: only {total_s:.0f} s of normal audio; {RECOMMENDED_TRAIN_SECONDS:.0f} s or more is recommended")
+    if len(files) < FEW_RECORDINGS:
+        # Measured on 40 real machine IDs (docs/detection.md): trained on 1-2 recordings, the calibrated threshold
+        # was exceeded by 31 of 73 other normal recordings of the same machines; with 40 recordings, by none of 35.
+        say(f"warning: all the normal audio comes from {len(files)} recording(s); the threshold can only learn "
+            "how much this session varies, and other days, loads or shifts of a healthy machine may alert. "
+            "Record the machine in each of its normal states and retrain with those recordings too")
+    return _Input(files, clips, extra, total_s)
+
+
+def _fit_and_score(method: str, data: _Input, base_spec: FeatureSpec, n_epochs: int, rng: np.random.Generator,
+                   bank_db: Optional[np.ndarray], window_hop_seconds: float, say: Progress,
+                   stages: dict[str, float]) -> _Scoring:
+    """Cross-fitted methods: K fold models score their held-out parts, then one model on all the audio.
+    The others: one model without the held-out split, which then scores it."""
+    cross_fit = method in CROSS_FITTED_METHODS
+    folds = [(train + data.extra, held) for train, held in
+             calibration_folds(data.clips, CALIBRATION_FOLDS if cross_fit else 1, sample_rate_hz=base_spec.sample_rate)]
+    if data.extra:
+        say(f"{len(data.extra)} clip(s) given as train-only normal audio (feedback): in every fold's training part")
+    if cross_fit:
+        say(f"read {len(data.files)} file(s), {data.total_s:.1f} s of audio; {len(folds)}-fold calibration over "
+            f"{sum(len(held) for _, held in folds)} part(s)")
+    else:
+        say(f"read {len(data.files)} file(s), {data.total_s:.1f} s of audio; {len(folds[0][0])} training part(s), "
+            f"{len(folds[0][1])} held out for calibration")
+    t0 = time.perf_counter()
+    if not cross_fit:
+        train_clips, held_clips = folds[0]
+        fitted = _fit(method, train_clips, base_spec, n_epochs, rng, say, bank_db)
+        stages["train_s"] = time.perf_counter() - t0
+        dense, held = _heldout_scores(fitted, held_clips, window_hop_seconds)
+        return _Scoring(fitted, folds, train_clips, held_clips, dense, held)
+    dense_scores: list[np.ndarray] = []
+    held_scores: list[np.ndarray] = []
+    held_clips = []
+    quiet: Progress = lambda _msg: None  # noqa: E731 - fold models would repeat every line
+    for i, (fold_train, fold_held) in enumerate(folds, start=1):
+        say(f"calibration fold {i}/{len(folds)}: fitting on {len(fold_train)} part(s), scoring {len(fold_held)}")
+        fold_model = _fit(method, fold_train, base_spec, n_epochs, rng, quiet, bank_db)
+        dense, daemon_seq = _heldout_scores(fold_model, fold_held, window_hop_seconds)
+        dense_scores += dense
+        held_scores += daemon_seq
+        held_clips += fold_held
+    stages["cross_fit_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    train_clips = data.clips + data.extra
+    fitted = _fit(method, train_clips, base_spec, n_epochs, rng, say, bank_db)
+    stages["train_s"] = time.perf_counter() - t0
+    return _Scoring(fitted, folds, train_clips, held_clips, dense_scores, held_scores)
+
+
+def _calibrate(sc: _Scoring, cross_fit: bool, target_per_hour: float, window_hop_seconds: float,
+               trigger_k: int, trigger_n: int, say: Progress) -> tuple[float, dict[str, Any]]:
+    """The threshold at the target false-alarm rate, and its basis (what the held-out audio showed)."""
+    from edge_monitor.training.calibrate import calibrate_threshold, count_alerts
+
+    spec = sc.fitted.spec
+    all_held = np.concatenate(sc.dense_scores) if sc.dense_scores else np.zeros(0)
+    # the detector's window: the model window plus the hop (at least one hop of audio per score)
+    window_seconds = max(spec.window_seconds, window_hop_seconds)
+    threshold, basis = calibrate_threshold(all_held, target_alarms_per_hour=target_per_hour,
+                                           window_hop_seconds=window_hop_seconds, window_seconds=window_seconds,
+                                           k=trigger_k, n=trigger_n, heldout_files=len(sc.held_clips))
+    held_seconds = sum(c.audio.size for c in sc.held_clips) / spec.sample_rate
+    alerts = sum(count_alerts(s, threshold, k=trigger_k, n=trigger_n, window_hop_seconds=window_hop_seconds)
+                 for s in sc.held_scores)
+    basis["heldout_seconds"] = held_seconds
+    basis["heldout_alerts"] = alerts
+    basis["heldout_scheme"] = (f"{len(sc.folds)}-fold out-of-fold scores (each part scored by a model fitted "
+                               "without it); the shipped model is fitted on all the audio" if cross_fit else
+                               "one held-out split (every fifth recording, or the last 20% of each when there "
+                               "are fewer than 5); the shipped model is fitted without it")
+    say(f"threshold {threshold:.4g}: held-out median {basis['heldout_percentiles']['50']:.4g}, "
+        f"max {basis['heldout_percentiles']['100']:.4g}; {alerts} alert(s) in {held_seconds:.0f} s of held-out "
+        f"normal audio; expected {basis['expected_false_alarms_per_hour'] * 168:.3g} false alarm(s) per week")
+    return threshold, basis
+
+
+def _training_record(method: str, data: _Input, sc: _Scoring, machine_type: str, channel: Any,
+                     bank_db: Optional[np.ndarray], seed: int) -> dict[str, Any]:
+    """The bundle's ``training`` metadata: what the model was trained on, and how."""
+    return {
+        "method": method, "files": len(data.files), "train_only_files": len(data.extra), "seconds": data.total_s,
+        "train_parts": len(sc.train_clips), "heldout_parts": len(sc.held_clips), "calibration_folds": len(sc.folds),
+        "train_windows": sc.fitted.train_windows, "sources": sorted({str(Path(f).parent) for f in data.files}),
+        "machine_type": machine_type, "channel": channel if isinstance(channel, (str, int)) else list(channel),
+        "epochs": sc.fitted.trained.epochs, "final_loss": sc.fitted.trained.final_loss,
+        "outlier_bank_frames": 0 if bank_db is None else int(len(bank_db)), "seed": seed,
+    }
+
+
 def train_unsupervised(normal_paths: Sequence[Union[str, Path]], out_path: Union[str, Path], *,
                        method: str = DEFAULT_METHOD, target_false_alarms_per_hour: float = 1.0 / 168.0,
                        window_hop_seconds: float = 0.5, trigger_k: int = 3, trigger_n: int = 5,
@@ -571,13 +707,12 @@ def train_unsupervised(normal_paths: Sequence[Union[str, Path]], out_path: Union
     every model trains on, including each calibration fold's, and that is never held out; held out, a sound
     the machine makes only rarely would still score as anomalous and lift the threshold above real faults.
 
-    Calibration (``stats``, cheap to fit): K-fold over recordings. Each fold's model is fitted without that
-    fold's recordings and scores them, so every recording contributes out-of-fold scores that include the
-    variation *between* recordings; the shipped model is then fitted on all the audio. Gradient-trained
-    methods use one split instead (every fifth recording held out) and ship the model fitted without it.
+    Calibration (``frames``, ``stats``: cheap to fit): K-fold over recordings. Each fold's model is fitted
+    without that fold's recordings and scores them, so every recording contributes out-of-fold scores that
+    include the variation *between* recordings; the shipped model is then fitted on all the audio.
+    Gradient-trained methods use one split instead (every fifth recording held out) and ship the model
+    fitted without it.
     """
-    from edge_monitor.training.calibrate import calibrate_threshold, count_alerts
-
     say: Progress = progress or (lambda msg: _LOGGER.info("%s", msg))
     if method not in METHODS:
         raise TrainingInputError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -587,120 +722,30 @@ def train_unsupervised(normal_paths: Sequence[Union[str, Path]], out_path: Union
     t_start = time.perf_counter()
     stages: dict[str, float] = {}
     base_spec = _SPECS[method]
-
-    files = find_wavs(normal_paths)
-    if not files:
-        raise TrainingInputError("no normal recordings were given")
-    clips = load_clips(files, base_spec.sample_rate, channel)
-    extra_files = [f for f in find_wavs(train_only_paths) if f not in files] if train_only_paths else []
-    extra = load_clips(extra_files, base_spec.sample_rate, channel) if extra_files else []
-    total_s = sum(c.audio.size for c in clips) / base_spec.sample_rate
-    if total_s < MIN_TRAIN_SECONDS:
-        raise TrainingInputError(f"only {total_s:.1f} s of normal audio in {len(files)} file(s); "
-                                 f"training needs at least {MIN_TRAIN_SECONDS:.0f} s "
-                                 f"(recommended {RECOMMENDED_TRAIN_SECONDS:.0f} s to 10 min)")
-    if total_s < RECOMMENDED_TRAIN_SECONDS:
-        say(f"warning: only {total_s:.0f} s of normal audio; {RECOMMENDED_TRAIN_SECONDS:.0f} s or more is recommended")
-    if len(files) < FEW_RECORDINGS:
-        # Measured on 40 real machine IDs (docs/detection.md): trained on 1-2 recordings, the calibrated threshold
-        # was exceeded by 31 of 73 other normal recordings of the same machines; with 40 recordings, by none of 35.
-        say(f"warning: all the normal audio comes from {len(files)} recording(s); the threshold can only learn "
-            "how much this session varies, and other days, loads or shifts of a healthy machine may alert. "
-            "Record the machine in each of its normal states and retrain with those recordings too")
+    data = _read_input(normal_paths, train_only_paths, base_spec, channel, say)
     n_epochs = _DEFAULT_EPOCHS[method] if epochs is None else int(epochs)
     rng = np.random.default_rng(seed)
     _setup_tf(seed)
-    cross_fit = method in CROSS_FITTED_METHODS
     bank_db = None
     if method == "frames" and outlier_bank:
         from edge_monitor.training.outlier_bank import load_bank
 
         bank_db = load_bank(exclude=outlier_exclude)
-    folds = [(train + extra, held) for train, held in
-             calibration_folds(clips, CALIBRATION_FOLDS if cross_fit else 1, sample_rate_hz=base_spec.sample_rate)]
-    if extra:
-        say(f"{len(extra)} clip(s) given as train-only normal audio (feedback): in every fold's training part")
     stages["read_s"] = time.perf_counter() - t_start
-    if cross_fit:
-        say(f"read {len(files)} file(s), {total_s:.1f} s of audio; {len(folds)}-fold calibration over "
-            f"{sum(len(held) for _, held in folds)} part(s)")
-    else:
-        say(f"read {len(files)} file(s), {total_s:.1f} s of audio; {len(folds[0][0])} training part(s), "
-            f"{len(folds[0][1])} held out for calibration")
-
+    sc = _fit_and_score(method, data, base_spec, n_epochs, rng, bank_db, window_hop_seconds, say, stages)
     t0 = time.perf_counter()
-    dense_scores: list[np.ndarray] = []
-    held_scores: list[np.ndarray] = []
-    held_clips: list[_Clip] = []
-    if cross_fit:
-        quiet: Progress = lambda _msg: None  # noqa: E731 - fold models would repeat every line
-        for i, (fold_train, fold_held) in enumerate(folds, start=1):
-            say(f"calibration fold {i}/{len(folds)}: fitting on {len(fold_train)} part(s), "
-                f"scoring {len(fold_held)}")
-            fold_model = _fit(method, fold_train, base_spec, n_epochs, rng, quiet, bank_db)
-            dense, daemon_seq = _heldout_scores(fold_model, fold_held, window_hop_seconds)
-            dense_scores += dense
-            held_scores += daemon_seq
-            held_clips += fold_held
-        stages["cross_fit_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        train_clips = clips + extra
-        fitted = _fit(method, train_clips, base_spec, n_epochs, rng, say, bank_db)
-        stages["train_s"] = time.perf_counter() - t0
-    else:
-        train_clips, held_clips = folds[0]
-        fitted = _fit(method, train_clips, base_spec, n_epochs, rng, say)
-        stages["train_s"] = time.perf_counter() - t0
-        dense_scores, held_scores = _heldout_scores(fitted, held_clips, window_hop_seconds)
-
-    t0 = time.perf_counter()
-    spec = fitted.spec
-    all_held = np.concatenate(dense_scores) if dense_scores else np.zeros(0)
-    # the detector's window: the model window plus the hop (at least one hop of audio per score)
-    window_seconds = max(spec.window_seconds, window_hop_seconds)
-    threshold, basis = calibrate_threshold(all_held, target_alarms_per_hour=target_false_alarms_per_hour,
-                                           window_hop_seconds=window_hop_seconds, window_seconds=window_seconds,
-                                           k=trigger_k, n=trigger_n, heldout_files=len(held_clips))
-    held_seconds = sum(c.audio.size for c in held_clips) / spec.sample_rate
-    alerts = sum(count_alerts(s, threshold, k=trigger_k, n=trigger_n, window_hop_seconds=window_hop_seconds)
-                 for s in held_scores)
-    basis["heldout_seconds"] = held_seconds
-    basis["heldout_alerts"] = alerts
-    basis["heldout_scheme"] = (f"{len(folds)}-fold out-of-fold scores (each part scored by a model fitted "
-                               "without it); the shipped model is fitted on all the audio" if cross_fit else
-                               "one held-out split (every fifth recording, or the last 20% of each when there "
-                               "are fewer than 5); the shipped model is fitted without it")
+    threshold, basis = _calibrate(sc, method in CROSS_FITTED_METHODS, target_false_alarms_per_hour,
+                                  window_hop_seconds, trigger_k, trigger_n, say)
     stages["calibrate_s"] = time.perf_counter() - t0
-    say(f"threshold {threshold:.4g}: held-out median {basis['heldout_percentiles']['50']:.4g}, "
-        f"max {basis['heldout_percentiles']['100']:.4g}; {alerts} alert(s) in {held_seconds:.0f} s of held-out "
-        f"normal audio; expected {basis['expected_false_alarms_per_hour'] * 168:.3g} false alarm(s) per week")
-
-    trained = fitted.trained
-    training = {
-        "method": method,
-        "files": len(files),
-        "train_only_files": len(extra),
-        "seconds": total_s,
-        "train_parts": len(train_clips),
-        "heldout_parts": len(held_clips),
-        "calibration_folds": len(folds),
-        "train_windows": fitted.train_windows,
-        "sources": sorted({str(Path(f).parent) for f in files}),
-        "machine_type": machine_type,
-        "channel": channel if isinstance(channel, (str, int)) else list(channel),
-        "epochs": trained.epochs,
-        "final_loss": trained.final_loss,
-        "outlier_bank_frames": 0 if bank_db is None else int(len(bank_db)),
-        "seed": seed,
-    }
-    meta = dict(fitted.meta, name=name or out.stem, threshold=float(threshold), threshold_basis=basis,
+    training = _training_record(method, data, sc, machine_type, channel, bank_db, seed)
+    meta = dict(sc.fitted.meta, name=name or out.stem, threshold=float(threshold), threshold_basis=basis,
                 training=training)
-    _write_bundle(fitted.tflite, meta, out)
+    _write_bundle(sc.fitted.tflite, meta, out)
     stages["total_s"] = time.perf_counter() - t_start
     training["timings"] = stages
     say(f"wrote {out} ({out.stat().st_size // 1024} KiB) in {stages['total_s']:.1f} s")
     return {"out": str(out), "threshold": float(threshold), "threshold_basis": basis, **training,
-            "heldout_window_scores": [s.tolist() for s in held_scores]}
+            "heldout_window_scores": [s.tolist() for s in sc.held_scores]}
 
 
 # ---------------------------------------------------------------- CLI
