@@ -4,22 +4,40 @@ Every section is a frozen dataclass. Field metadata carries the help text and
 the bounds that validation enforces. ``load_config`` collects every problem in
 a file and raises one ``ConfigError`` listing them all, each with file:line,
 the key path, the bad value and what was expected.
+
+This module is the public face of the configuration: the schema (the
+dataclasses), the rules that span several fields (``_semantic_checks``), and
+``parse_config`` / ``load_config``, which run the three steps in order:
+
+- ``edge_monitor.config_yaml`` reads the YAML into plain values and the line
+  of every key, under limits on size, aliases and depth;
+- ``edge_monitor.config_check`` builds the dataclasses from those values,
+  checking types, bounds, choices and key names (it also holds
+  ``check_against_model`` and ``located``, for checks that need the model);
+- the semantic checks here run on the built Config, then paths are resolved
+  against the config file's folder.
+
+Everything callers use is importable from here (``ConfigError``, the limits,
+``check_against_model`` and ``located`` included), so they need not know the split.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import ipaddress
-import math
 import os
 import re
-import typing
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional, Union
 
-import yaml
+# check_against_model, located, ConfigError and the YAML limits are re-exported: callers import them from here
+from edge_monitor.config_check import Builder
+from edge_monitor.config_check import check_against_model as check_against_model
+from edge_monitor.config_check import located as located
+from edge_monitor.config_yaml import INVALID, ConfigError, read_yaml
+from edge_monitor.config_yaml import MAX_CONFIG_BYTES as MAX_CONFIG_BYTES
+from edge_monitor.config_yaml import MAX_YAML_DEPTH as MAX_YAML_DEPTH
+from edge_monitor.config_yaml import MAX_YAML_VALUES as MAX_YAML_VALUES
 
 
 def _f(default: Any = dataclasses.MISSING, *, help: str, lo: Optional[float] = None, hi: Optional[float] = None,
@@ -205,252 +223,7 @@ class Config:
     """1-based line of every key path in ``source_file`` (for errors found after loading)."""
 
 
-# ---------------------------------------------------------------- loading
-
-class ConfigError(ValueError):
-    """Every problem found in one config file, each on its own line."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(problems))
-
-
-_Path = tuple[Union[str, int], ...]
-
-
-MAX_CONFIG_BYTES = 1_000_000
-"""A machine config is a few kB; anything larger is the wrong file."""
-MAX_YAML_VALUES = 10_000
-"""Values a config may expand to, aliases included: bounds the work a 'billion laughs' file can cause."""
-MAX_YAML_DEPTH = 32
-"""Nesting levels a config may have (the schema needs three)."""
-
-_INVALID = object()
-"""Stands for a value that could not be read; its problem is already recorded."""
-
-_SCALAR_TAGS = {
-    "tag:yaml.org,2002:null", "tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
-}
-_STR_TAG = "tag:yaml.org,2002:str"
-_TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
-_COLLECTION_TAGS = {"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"}
-
-
-def _short_tag(tag: str) -> str:
-    return "!!" + tag[len("tag:yaml.org,2002:"):] if tag.startswith("tag:yaml.org,2002:") else tag
-
-
-class _Converter:
-    """Composed YAML nodes to plain Python values, with bounded work and a problem for every oddity."""
-
-    def __init__(self, fname: str, lines: dict[_Path, int], problems: list[str]) -> None:
-        self.fname = fname
-        self.lines = lines
-        self.problems = problems
-        self.values = 0
-        self._open: set[int] = set()  # nodes being converted: an alias back to one of them is a cycle
-        self._constructor = yaml.constructor.SafeConstructor()
-
-    def where(self, node: yaml.Node) -> str:
-        return f"{self.fname}:{node.start_mark.line + 1}"
-
-    def convert(self, node: yaml.Node, path: _Path, depth: int = 0) -> Any:
-        self.values += 1
-        if self.values > MAX_YAML_VALUES:
-            raise ConfigError([f"{self.where(node)}: the YAML expands to more than {MAX_YAML_VALUES} values "
-                               "(aliases repeating aliases?); a machine config needs far fewer"])
-        if depth > MAX_YAML_DEPTH:
-            raise ConfigError([f"{self.where(node)}: the YAML is nested more than {MAX_YAML_DEPTH} levels deep"])
-        if id(node) in self._open:
-            raise ConfigError([f"{self.where(node)}: {_dotted(path)}: an alias refers to itself (a recursive "
-                               "structure cannot be a config value)"])
-        self.lines[path] = node.start_mark.line + 1
-        if isinstance(node, yaml.ScalarNode):
-            return self.scalar(node, path)
-        if node.tag not in _COLLECTION_TAGS:
-            self.problems.append(f"{self.where(node)}: {_dotted(path)}: unsupported YAML tag {_short_tag(node.tag)}")
-            return _INVALID
-        self._open.add(id(node))
-        try:
-            if isinstance(node, yaml.SequenceNode):
-                return [self.convert(v, path + (i,), depth + 1) for i, v in enumerate(node.value)]
-            return self.mapping(node, path, depth)
-        finally:
-            self._open.discard(id(node))
-
-    def mapping(self, node: yaml.MappingNode, path: _Path, depth: int) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key_node, value_node in node.value:
-            self.values += 1
-            if not isinstance(key_node, yaml.ScalarNode):
-                kind = "list" if isinstance(key_node, yaml.SequenceNode) else "mapping"
-                self.problems.append(f"{self.where(key_node)}: {_dotted(path)}: a key must be a plain name, "
-                                     f"not a {kind}")
-                continue
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                self.problems.append(f"{self.where(key_node)}: {_dotted(path)}: YAML merge keys (<<) are not "
-                                     "supported; write the keys out")
-                continue
-            key = key_node.value
-            if key in out:
-                self.problems.append(f"{self.where(key_node)}: {_dotted(path + (key,))}: duplicate key")
-            out[key] = self.convert(value_node, path + (key,), depth + 1)
-            if isinstance(value_node, (yaml.MappingNode, yaml.SequenceNode)):
-                self.lines[path + (key,)] = key_node.start_mark.line + 1  # a block's errors point at its key
-        return out
-
-    def scalar(self, node: yaml.ScalarNode, path: _Path) -> Any:
-        if node.tag == _STR_TAG or node.tag == _TIMESTAMP_TAG:
-            return node.value  # no setting is a date: a date-like value stays the text that was written
-        if node.tag not in _SCALAR_TAGS:
-            self.problems.append(f"{self.where(node)}: {_dotted(path)}: unsupported YAML tag {_short_tag(node.tag)}")
-            return _INVALID
-        try:
-            return self._constructor.construct_object(node, deep=True)
-        except (ValueError, ArithmeticError, yaml.YAMLError) as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            self.problems.append(f"{self.where(node)}: {_dotted(path)}: cannot read {_show(node.value)} as "
-                                 f"{_short_tag(node.tag)} ({reason})")
-            return _INVALID
-
-
-def _show(value: Any) -> str:
-    """A value for an error message: repr, shortened, so that one problem stays one line."""
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _dotted(path: _Path) -> str:
-    return ".".join(p if isinstance(p, str) and p.isprintable() and p else
-                    (str(p) if isinstance(p, int) else repr(p)) for p in path) or "(top level)"
-
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Union:
-        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None)) + " (or null)" \
-            if type(None) in typing.get_args(tp) else " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is tuple:
-        return f"a list of {_type_name(typing.get_args(tp)[0])}"
-    if dataclasses.is_dataclass(tp):
-        return "a mapping"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
-
-
-class _Builder:
-    def __init__(self, fname: str, lines: dict[_Path, int]) -> None:
-        self.fname = fname
-        self.lines = lines
-        self.problems: list[str] = []
-
-    def err(self, path: _Path, value: Any, expected: str) -> None:
-        line, probe = self.lines.get(path), path
-        while line is None and probe:
-            probe = probe[:-1]
-            line = self.lines.get(probe)
-        where = f"{self.fname}:{line}" if line else self.fname
-        self.problems.append(f"{where}: {_dotted(path)}: got {_show(value)}; expected {expected}")
-
-    def build(self, cls: Any, data: Any, path: _Path) -> Any:
-        if not isinstance(data, dict):
-            self.err(path, data, f"a mapping of {', '.join(f.name for f in dataclasses.fields(cls) if not f.metadata.get('internal'))}")
-            return None
-        hints = typing.get_type_hints(cls)
-        fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
-        kwargs = {}
-        for key, value in data.items():
-            if key not in fields:
-                close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
-                hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(fields)})"
-                line = self.lines.get(path + (key,))
-                self.problems.append(f"{self.fname}:{line}: {_dotted(path + (key,))}: unknown key{hint}")
-                continue
-            ok, v = self.value(hints[key], value, path + (key,), fields[key].metadata)
-            if ok:
-                kwargs[key] = v
-        for name, f in fields.items():
-            if name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                line = self.lines.get(path)
-                self.problems.append(f"{self.fname}:{line}: {_dotted(path + (name,))}: missing; expected {_type_name(hints[name])}: {f.metadata.get('help', '')}")
-        try:
-            return cls(**kwargs)
-        except TypeError:
-            return None
-
-    def value(self, tp: Any, value: Any, path: _Path, meta: Mapping[str, Any]) -> tuple[bool, Any]:
-        if value is _INVALID:
-            return False, None  # already reported where it was read
-        origin = typing.get_origin(tp)
-        if origin is Union:
-            args = [a for a in typing.get_args(tp) if a is not type(None)]
-            if value is None and type(None) in typing.get_args(tp):
-                return True, None
-            for a in args:  # first matching alternative, without recording errors
-                trial = _Builder(self.fname, self.lines)
-                ok, v = trial.value(a, value, path, meta)
-                if ok and not trial.problems:
-                    return True, v
-            self.err(path, value, _type_name(tp))
-            return False, None
-        if dataclasses.is_dataclass(tp):
-            before = len(self.problems)
-            v = self.build(tp, value, path)
-            return v is not None and len(self.problems) == before, v
-        if origin is tuple:
-            item = typing.get_args(tp)[0]
-            seq = [value] if isinstance(value, (int, str)) and not isinstance(value, bool) else value
-            if not isinstance(seq, list) or not seq or len(seq) > 1024:
-                self.err(path, value, _type_name(tp))
-                return False, None
-            out = []
-            for i, v in enumerate(seq):
-                ok, x = self.value(item, v, path + (i,), meta)
-                if not ok:
-                    return False, None
-                out.append(x)
-            return True, tuple(out)
-        if tp is bool:
-            if not isinstance(value, bool):
-                self.err(path, value, "true or false")
-                return False, None
-            return True, value
-        if tp in (int, float):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or (tp is int and not isinstance(value, int)):
-                self.err(path, value, _type_name(tp) + self._range(meta))
-                return False, None
-            if isinstance(value, float) and not math.isfinite(value):
-                self.err(path, value, "a finite " + _type_name(tp)[len("a "):] + self._range(meta))
-                return False, None
-            if (meta.get("lo") is not None and value < meta["lo"]) or \
-                    (meta.get("hi") is not None and value > meta["hi"]):
-                self.err(path, value, _type_name(tp) + self._range(meta))
-                return False, None
-            try:
-                return True, tp(value)
-            except OverflowError:
-                self.err(path, value, "a finite " + _type_name(tp)[len("a "):] + self._range(meta))
-                return False, None
-        if tp is str:
-            if not isinstance(value, str):
-                self.err(path, value, "a string")
-                return False, None
-            if not value.isprintable():
-                self.err(path, value, "a string without control characters (newline, tab, NUL, ...)")
-                return False, None
-            if meta.get("choices") and value not in meta["choices"]:
-                self.err(path, value, "one of " + ", ".join(meta["choices"]))
-                return False, None
-            return True, value
-        return True, value
-
-    @staticmethod
-    def _range(meta: Mapping[str, Any]) -> str:
-        lo, hi = meta.get("lo"), meta.get("hi")
-        if lo is None and hi is None:
-            return ""
-        return f" between {lo:g} and {hi:g}" if lo is not None and hi is not None else \
-            (f" >= {lo:g}" if lo is not None else f" <= {hi:g}")
-
+# ---------------------------------------------------------------- rules across fields
 
 _MACHINE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
@@ -481,7 +254,7 @@ def mqtt_prefix(cfg: Config) -> str:
     return cfg.mqtt.prefix or f"edge-monitor/{cfg.machine.site}/{cfg.machine.id}"
 
 
-def _semantic_checks(cfg: Config, b: _Builder) -> None:
+def _semantic_checks(cfg: Config, b: Builder) -> None:
     if not _MACHINE_ID.fullmatch(cfg.machine.id):
         b.err(("machine", "id"), cfg.machine.id, "1-64 letters, digits, '-' or '_' (it goes into MQTT topics)")
     src = cfg.source
@@ -556,28 +329,14 @@ def _state_dir(base: Path, configured: str) -> str:
     return str(_resolve(base, configured))
 
 
+# ---------------------------------------------------------------- loading
+
 def parse_config(text: str, fname: str = "<config>", base_dir: Optional[Path] = None) -> Config:
     """Parse YAML text into a Config, raising ConfigError listing every problem."""
-    if len(text) > MAX_CONFIG_BYTES:
-        raise ConfigError([f"{fname}: the file is larger than {MAX_CONFIG_BYTES // 1000} kB; "
-                           "a machine config is a few kB (is this the right file?)"])
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{fname}:{mark.line + 1}" if mark else fname
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError([f"{where}: not valid YAML: {problem}"]) from None
-    except RecursionError:
-        raise ConfigError([f"{fname}: the YAML is nested too deeply to read"]) from None
-    if node is None:
-        raise ConfigError([f"{fname}: the file is empty; expected a mapping with machine, model, source, ..."])
-    lines: dict[_Path, int] = {}
-    problems: list[str] = []
-    data = _Converter(fname, lines, problems).convert(node, ())
-    b = _Builder(fname, lines)
+    data, lines, problems = read_yaml(text, fname)
+    b = Builder(fname, lines)
     b.problems.extend(problems)
-    cfg = b.build(Config, data, ()) if data is not _INVALID else None
+    cfg = b.build(Config, data, ()) if data is not INVALID else None
     if cfg is not None and not b.problems:
         _semantic_checks(cfg, b)
     if b.problems or cfg is None:
@@ -623,50 +382,3 @@ def load_config(path: Union[str, Path]) -> Config:
 def with_threshold(cfg: Config, threshold: float) -> Config:
     """A copy of ``cfg`` with a new detection threshold."""
     return dataclasses.replace(cfg, detection=dataclasses.replace(cfg.detection, threshold=threshold))
-
-
-def located(cfg: Config, path: _Path, value: Any, expected: str) -> str:
-    """One problem about a loaded config, in the loader's form: ``file:line: key.path: got V; expected E``."""
-    line, probe = cfg.key_lines.get(path), path
-    while line is None and probe:
-        probe = probe[:-1]
-        line = cfg.key_lines.get(probe)
-    where = f"{cfg.source_file}:{line}" if line else (cfg.source_file or "<config>")
-    return f"{where}: {_dotted(path)}: got {_show(value)}; expected {expected}"
-
-
-def check_against_model(cfg: Config, model_threshold: float, model_rate_hz: int, model_path: str) -> list[str]:
-    """Problems that only show with the model: thresholds against its own, and a serial or file source's rate.
-
-    ``edge-monitor check-config``, ``run`` and every SIGHUP reload call this (through
-    ``daemon.check_config``), so what one accepts the others accept too.
-    """
-    problems: list[str] = []
-    d, src = cfg.detection, cfg.source
-    in_force = d.threshold if d.threshold is not None else model_threshold
-    if d.clear_threshold is not None and d.clear_threshold > in_force:
-        origin = "detection.threshold" if d.threshold is not None else f"the calibrated threshold of {model_path}"
-        problems.append(located(cfg, ("detection", "clear_threshold"), d.clear_threshold,
-                                f"at most the threshold in force ({in_force:g}, {origin})"))
-    if src.type == "serial" and src.sample_rate != model_rate_hz:
-        problems.append(located(cfg, ("source", "sample_rate"), src.sample_rate,
-                                f"{model_rate_hz} (the rate model {model_path} expects; the board streams at it)"))
-    if src.type == "file" and src.path:
-        from edge_monitor.wavio import WavError, read_wav_info
-        try:
-            rate, channels, frames = read_wav_info(src.path)
-        except FileNotFoundError:
-            pass  # it may be created before the start; opening it then reports a missing file in one sentence
-        except (WavError, OSError) as exc:
-            problems.append(located(cfg, ("source", "path"), src.path, f"a readable WAV file ({exc})"))
-        else:
-            if rate != model_rate_hz:
-                problems.append(located(cfg, ("source", "path"), src.path,
-                                        f"a WAV at {model_rate_hz} Hz like model {model_path} (the file is at "
-                                        f"{rate} Hz; resample it, e.g. `sox in.wav -r {model_rate_hz} out.wav`)"))
-            if max(src.channels) >= channels:
-                problems.append(located(cfg, ("source", "channels"), list(src.channels),
-                                        f"channels of the file, which has {channels}"))
-            if frames == 0:
-                problems.append(located(cfg, ("source", "path"), src.path, "a WAV with audio (it has no samples)"))
-    return problems
