@@ -36,9 +36,47 @@ def topics_to_clear(cfg: Config) -> list[str]:
     return known + homeassistant.removal_topics(cfg.mqtt.homeassistant, cfg.machine)
 
 
+def _new_client(cfg: Config) -> paho.Client:
+    """A client for the config's broker with its credentials and TLS; MqttSetupError when they cannot be set."""
+    from edge_monitor.sinks.mqtt import _configure_tls, read_password
+
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"edge-monitor-forget-{cfg.machine.id}-{time.time_ns()}",
+                         clean_session=True, protocol=paho.MQTTv311)
+    if cfg.mqtt.username:
+        client.username_pw_set(cfg.mqtt.username, read_password(cfg.mqtt))
+    if cfg.mqtt.tls is not None:
+        _configure_tls(client, cfg.mqtt.tls)
+    return client
+
+
+def _clear(client: paho.Client, cfg: Config, found: dict[str, bytes], force: bool) -> int:
+    """Clear the known topics and the retained ``found`` ones, unless the machine is online; print what was done."""
+    prefix = mqtt_prefix(cfg).rstrip("/")
+    ha = cfg.mqtt.homeassistant
+    if found.get(f"{prefix}/status", b"").strip() == b"online" and not force:
+        print(f"edge-monitor: {cfg.machine.id} is online ({prefix}/status): stop and disable its service "
+              f"first (systemctl disable --now edge-monitor@<name>), or it announces itself again; "
+              "--force clears anyway", file=sys.stderr)
+        return 1
+    topics = sorted(set(topics_to_clear(cfg)) | set(found))
+    infos = [client.publish(topic, b"", qos=1, retain=True) for topic in topics]
+    for info in infos:
+        info.wait_for_publish(timeout=cfg.mqtt.connect_timeout_seconds)
+    if not all(info.is_published() for info in infos):
+        print("edge-monitor: the broker did not acknowledge every clearing message; run forget again",
+              file=sys.stderr)
+        return 1
+    configs = sorted(t for t in found if t.startswith(f"{ha.discovery_prefix}/"))
+    others = sorted(t for t in found if not t.startswith(f"{ha.discovery_prefix}/"))
+    print(f"forgot {cfg.machine.id} on {cfg.mqtt.host}:{cfg.mqtt.port}: cleared {len(configs)} Home Assistant "
+          f"discovery config(s) and {len(others)} retained topic(s) under {prefix}/"
+          + "".join(f"\n  {t}" for t in configs + others))
+    return 0
+
+
 def forget(cfg: Config, *, force: bool = False, listen_s: float = LISTEN_SECONDS) -> int:
     """Clear the machine's retained topics. 0 done, 1 broker problem or the machine is online."""
-    from edge_monitor.sinks.mqtt import MqttSetupError, _configure_tls, read_password
+    from edge_monitor.sinks.mqtt import MqttSetupError
 
     prefix = mqtt_prefix(cfg).rstrip("/")
     ha = cfg.mqtt.homeassistant
@@ -48,13 +86,8 @@ def forget(cfg: Config, *, force: bool = False, listen_s: float = LISTEN_SECONDS
     failed: list[str] = []
     lock = threading.Lock()
 
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"edge-monitor-forget-{cfg.machine.id}-{time.time_ns()}",
-                         clean_session=True, protocol=paho.MQTTv311)
     try:
-        if cfg.mqtt.username:
-            client.username_pw_set(cfg.mqtt.username, read_password(cfg.mqtt))
-        if cfg.mqtt.tls is not None:
-            _configure_tls(client, cfg.mqtt.tls)
+        client = _new_client(cfg)
     except MqttSetupError as exc:
         print(f"edge-monitor: {exc}", file=sys.stderr)
         return 2
@@ -89,25 +122,7 @@ def forget(cfg: Config, *, force: bool = False, listen_s: float = LISTEN_SECONDS
         time.sleep(listen_s)  # retained messages arrive right after the subscription
         with lock:
             found = dict(retained)
-        if found.get(f"{prefix}/status", b"").strip() == b"online" and not force:
-            print(f"edge-monitor: {cfg.machine.id} is online ({prefix}/status): stop and disable its service "
-                  f"first (systemctl disable --now edge-monitor@<name>), or it announces itself again; "
-                  "--force clears anyway", file=sys.stderr)
-            return 1
-        topics = sorted(set(topics_to_clear(cfg)) | set(found))
-        infos = [client.publish(topic, b"", qos=1, retain=True) for topic in topics]
-        for info in infos:
-            info.wait_for_publish(timeout=cfg.mqtt.connect_timeout_seconds)
-        if not all(info.is_published() for info in infos):
-            print("edge-monitor: the broker did not acknowledge every clearing message; run forget again",
-                  file=sys.stderr)
-            return 1
-        configs = sorted(t for t in found if t.startswith(f"{ha.discovery_prefix}/"))
-        others = sorted(t for t in found if not t.startswith(f"{ha.discovery_prefix}/"))
-        print(f"forgot {cfg.machine.id} on {cfg.mqtt.host}:{cfg.mqtt.port}: cleared {len(configs)} Home Assistant "
-              f"discovery config(s) and {len(others)} retained topic(s) under {prefix}/"
-              + "".join(f"\n  {t}" for t in configs + others))
-        return 0
+        return _clear(client, cfg, found, force)
     finally:
         client.disconnect()
         client.loop_stop()

@@ -39,6 +39,28 @@ def _as_arrays(points: Points) -> tuple[np.ndarray, np.ndarray]:
     return a[:, 0], a[:, 1]
 
 
+def _bucket_peaks(times: np.ndarray, scores: np.ndarray, start: float, bucket_s: float) -> dict[int, float]:
+    """The highest finite score of each non-empty column since ``start``, by column."""
+    use = (times >= start) & np.isfinite(scores)
+    index = np.minimum(BUCKETS - 1, ((times[use] - start) / bucket_s).astype(np.int64))
+    highest = np.full(BUCKETS, -np.inf)
+    np.maximum.at(highest, index, scores[use])
+    return {int(i): float(highest[i]) for i in np.flatnonzero(np.isfinite(highest))}
+
+
+def _axis_labels(top: float, history_seconds: float, plot_w: float) -> list[str]:
+    """The score axis' top and 0, and the time axis' start, middle and "now"."""
+    return [f'<text x="{_PAD_LEFT_PX - 4}" y="{_PAD_TOP_PX + 8}" font-size="10" text-anchor="end">'
+            f'{_fmt(top)}</text>',
+            f'<text x="{_PAD_LEFT_PX - 4}" y="{HEIGHT_PX - _PAD_BOTTOM_PX}" font-size="10" '
+            'text-anchor="end">0</text>',
+            f'<text x="{_PAD_LEFT_PX}" y="{HEIGHT_PX - 4}" font-size="10">{_ago(history_seconds)}</text>',
+            f'<text x="{_PAD_LEFT_PX + plot_w / 2:.0f}" y="{HEIGHT_PX - 4}" font-size="10" '
+            f'text-anchor="middle">{_ago(history_seconds / 2)}</text>',
+            f'<text x="{WIDTH_PX - _PAD_RIGHT_PX}" y="{HEIGHT_PX - 4}" font-size="10" '
+            'text-anchor="end">now</text>']
+
+
 def score_chart_svg(points: Points, threshold: float, now_s: float,
                     spans: Optional[list[tuple[float, float]]] = None,
                     history_seconds: float = HISTORY_SECONDS) -> str:
@@ -55,11 +77,7 @@ def score_chart_svg(points: Points, threshold: float, now_s: float,
     history_seconds = min(history_seconds, max(MIN_SPAN_SECONDS, now_s - oldest))
     start = now_s - history_seconds
     bucket_s = history_seconds / BUCKETS
-    use = (times >= start) & np.isfinite(scores)
-    index = np.minimum(BUCKETS - 1, ((times[use] - start) / bucket_s).astype(np.int64))
-    highest = np.full(BUCKETS, -np.inf)
-    np.maximum.at(highest, index, scores[use])
-    peaks = {int(i): float(highest[i]) for i in np.flatnonzero(np.isfinite(highest))}
+    peaks = _bucket_peaks(times, scores, start, bucket_s)
     top = max([threshold * 1.5] + [v * 1.1 for v in peaks.values()]) if math.isfinite(threshold) else 1.0
     top = top if top > 0 else 1.0
     plot_w = WIDTH_PX - _PAD_LEFT_PX - _PAD_RIGHT_PX
@@ -88,15 +106,7 @@ def score_chart_svg(points: Points, threshold: float, now_s: float,
                      f'y2="{ty:.1f}" stroke="#d1242f" stroke-dasharray="5,3"/>')
         parts.append(f'<text x="{_PAD_LEFT_PX - 4}" y="{ty + 4:.1f}" font-size="10" text-anchor="end" '
                      f'fill="#d1242f">{_fmt(threshold)}</text>')
-    parts.append(f'<text x="{_PAD_LEFT_PX - 4}" y="{_PAD_TOP_PX + 8}" font-size="10" text-anchor="end">'
-                 f'{_fmt(top)}</text>')
-    parts.append(f'<text x="{_PAD_LEFT_PX - 4}" y="{HEIGHT_PX - _PAD_BOTTOM_PX}" font-size="10" '
-                 'text-anchor="end">0</text>')
-    parts.append(f'<text x="{_PAD_LEFT_PX}" y="{HEIGHT_PX - 4}" font-size="10">{_ago(history_seconds)}</text>')
-    parts.append(f'<text x="{_PAD_LEFT_PX + plot_w / 2:.0f}" y="{HEIGHT_PX - 4}" font-size="10" '
-                 f'text-anchor="middle">{_ago(history_seconds / 2)}</text>')
-    parts.append(f'<text x="{WIDTH_PX - _PAD_RIGHT_PX}" y="{HEIGHT_PX - 4}" font-size="10" '
-                 'text-anchor="end">now</text>')
+    parts.extend(_axis_labels(top, history_seconds, plot_w))
     if not peaks:
         parts.append(f'<text x="{_PAD_LEFT_PX + plot_w / 2:.0f}" y="{_PAD_TOP_PX + plot_h / 2:.0f}" '
                      'font-size="12" text-anchor="middle" fill="#888">no scores yet</text>')
