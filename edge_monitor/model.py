@@ -235,9 +235,11 @@ class ModelRunner:
 
     def process(self, features: np.ndarray) -> float:
         """Score one window of raw features ``(frames_per_window, n_features)`` float32; higher is more anomalous."""
+        kind = self.bundle.kind
+        if kind == "classifier":
+            return self.classify(features)[0]
         x = normalise(self.bundle.spec, features)
         y = self.infer(x).reshape(-1)
-        kind = self.bundle.kind
         if kind == "autoencoder":
             d = x.reshape(-1) - y
             return float(np.mean(d * d))
@@ -250,22 +252,21 @@ class ModelRunner:
             value = (float(np.sqrt((w * w).sum(axis=1)).mean()) / self._norm_scale
                      + float(z[:, self._logit_col].mean()) / self._logit_scale)
             return max(value - self._offset, 0.0)
-        if kind == "embedding":
-            d = y.astype(np.float64) - self._mean
-            return float(np.sqrt(max(float(d @ self._precision @ d), 0.0)))
-        probs = y.astype(np.float64)
-        if probs.min() < -1e-3 or abs(probs.sum() - 1.0) > 0.05:  # logits: apply softmax
-            e = np.exp(probs - probs.max())
-            probs = e / e.sum()
-        return float(probs[self._alert_idx].sum())
+        d = y.astype(np.float64) - self._mean
+        return float(np.sqrt(max(float(d @ self._precision @ d), 0.0)))
 
     def probabilities(self, features: np.ndarray) -> np.ndarray:
         """Classifier only: label probabilities for one window, in ``bundle.labels`` order."""
         y = self.infer(normalise(self.bundle.spec, features)).reshape(-1).astype(np.float64)
-        if y.min() < -1e-3 or abs(y.sum() - 1.0) > 0.05:
+        if y.min() < -1e-3 or abs(y.sum() - 1.0) > 0.05:  # logits: apply softmax
             e = np.exp(y - y.max())
             y = e / e.sum()
         return y
+
+    def classify(self, features: np.ndarray) -> tuple[float, np.ndarray]:
+        """Classifier only: ``(score, probabilities)``; the score is the summed probability of the alert labels."""
+        probs = self.probabilities(features)
+        return float(probs[self._alert_idx].sum()), probs
 
     def process_many(self, windows: np.ndarray) -> np.ndarray:
         """Scores of ``(n, frames, n_features)`` windows as ``(n,)`` float64."""

@@ -10,23 +10,27 @@ Data flow for one block::
       → select()               (n,) float32 mono: one channel or the mean of several
       → StreamingExtractor     (new_frames, n_features) float32 log-mel / MFCC
       → window assembly        every ``hop_frames`` frames, the last ``frames_per_window`` frames
-      → ModelRunner.process    float score per window (higher = more anomalous)
-      → Detector.process       AlertEvent / StateEvent / HealthEvent
+      → ModelRunner.process    float score per window (higher = more anomalous);
+                               classifiers: ModelRunner.classify, and AlertLabeler names the alert
+      → Detector.process       AlertEvent / StateEvent / HealthEvent (LevelMeter: silence, clipping)
+
+The install-time machine-type check (``machine_check.MachineTypeCheck``) listens to the first
+seconds of audio beside it and is dropped once it has decided.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Callable, Optional
 
 import numpy as np
 
+from edge_monitor.alert_labels import AlertLabeler
 from edge_monitor.detector import Detector, DetectorSettings
-from edge_monitor.events import AlertEvent, Event, ScoreEvent
+from edge_monitor.events import Event, ScoreEvent
 from edge_monitor.features import FeatureError, StreamingExtractor, to_mono_float
+from edge_monitor.levels import CLIP_LEVEL, LevelMeter, rms_dbfs
 from edge_monitor.machine_check import MachineTypeCheck, TypeCheckResult, make_type_check
 from edge_monitor.model import ModelRunner
 from edge_monitor.sources.base import Block
@@ -34,12 +38,7 @@ from edge_monitor.sources.base import Block
 if TYPE_CHECKING:
     from edge_monitor.config import Config
 
-CLIP_LEVEL = 0.99  # |sample| at or above this counts as full scale (10-bit ADCs top out at 0.998)
-
-
-def rms_dbfs(mean_square: float) -> float:
-    """Mean square of float samples → RMS in dBFS (full-scale sine is -3 dBFS); -160 for silence."""
-    return 10.0 * math.log10(mean_square) if mean_square > 1e-16 else -160.0
+__all__ = ["CLIP_LEVEL", "Pipeline", "detector_settings", "rms_dbfs", "select_channels"]
 
 
 def detector_settings(cfg: Config, model_threshold: float) -> DetectorSettings:
@@ -73,16 +72,12 @@ class Pipeline:
         self.mix = mix
         self.hop_frames = max(1, int(round(window_hop_seconds / self.spec.hop_seconds)))
         self.extractor = StreamingExtractor(self.spec)
-        self._hops_per_frame = max(1, self.spec.n_fft // self.spec.hop_length)
+        self.levels = LevelMeter(self.spec, self.hop_frames)
         self.windows_scored = 0
         self.last_score: Optional[float] = None
         self.last_rms_dbfs = -160.0
         bundle = runner.bundle
-        self._classifier = bundle.kind == "classifier"
-        self._alert_idx = np.array([bundle.labels.index(a) for a in bundle.alert_labels], dtype=np.intp) \
-            if self._classifier else np.zeros(0, dtype=np.intp)
-        self._recent_alert_probs: list[np.ndarray] = []   # alert-label probabilities of the last trigger_n windows
-        self._episode_alert_probs: Optional[np.ndarray] = None  # summed over the open alert
+        self.labeler = AlertLabeler(bundle.labels, bundle.alert_labels) if bundle.kind == "classifier" else None
         self.type_check: Optional[MachineTypeCheck] = None      # install-time check; dropped once it has decided
         self.type_check_result: Optional[TypeCheckResult] = None
         self.reset()
@@ -103,10 +98,7 @@ class Pipeline:
         self._history = np.zeros((0, self.spec.n_features), dtype=np.float32)  # last (w - 1) feature rows
         self._frames_seen = 0
         self._samples_seen = 0
-        self._stat_pending = np.zeros(0, dtype=np.float32)
-        self._hop_sumsq = np.zeros(0, dtype=np.float64)      # per-hop sum of squares, recent hops only
-        self._hop_clipped = np.zeros(0, dtype=np.int64)
-        self._hop_base = 0                                    # global index of _hop_sumsq[0]
+        self.levels.reset()
 
     def select(self, samples: np.ndarray) -> np.ndarray:
         """Pick this machine's channel(s) from a ``(frames, channels)`` block → ``(frames,)`` float32."""
@@ -132,10 +124,10 @@ class Pipeline:
         sr = self.spec.sample_rate
         t_origin = t_s - self._samples_seen / sr
         self._samples_seen += mono.size
-        self._update_hop_stats(mono)
+        self.levels.add(mono)
         feats = self.extractor.process(mono)
         if feats.shape[0] == 0:
-            self._trim_hop_stats()
+            self.levels.trim()
             return []
         w, hop = self.spec.frames_per_window, self.hop_frames
         first = self._frames_seen                      # global index of feats[0]
@@ -153,42 +145,11 @@ class Pipeline:
             events += self._score_window(window, e, t_end)
             e += hop
         self._history = rows[-(w - 1):].copy() if w > 1 else rows[:0].copy()
-        self._trim_hop_stats()
+        self.levels.trim()
         return events
 
-    def _update_hop_stats(self, mono: np.ndarray) -> None:
-        hop = self.spec.hop_length
-        buf = np.concatenate((self._stat_pending, mono)) if self._stat_pending.size else mono
-        n = buf.size // hop
-        if n:
-            blocks = buf[:n * hop].reshape(n, hop).astype(np.float64)
-            sumsq = np.einsum("ij,ij->i", blocks, blocks)
-            clipped = (np.abs(blocks) >= CLIP_LEVEL).sum(axis=1)
-            self._hop_sumsq = np.concatenate((self._hop_sumsq, sumsq))
-            self._hop_clipped = np.concatenate((self._hop_clipped, clipped))
-        self._stat_pending = buf[n * hop:].copy()
-
-    def _trim_hop_stats(self) -> None:
-        """Drop level statistics older than any window still to come (after a block's windows are scored)."""
-        keep = self.spec.frames_per_window + self._hops_per_frame + self.hop_frames + 4
-        drop = max(0, self._hop_sumsq.size - keep)
-        if drop:
-            self._hop_sumsq = self._hop_sumsq[drop:]
-            self._hop_clipped = self._hop_clipped[drop:]
-            self._hop_base += drop
-
-    def _window_levels(self, end_frame: int) -> tuple[float, float]:
-        """(RMS dBFS, clipped fraction) of the audio under frames [end_frame - w, end_frame)."""
-        first_hop = end_frame - self.spec.frames_per_window - self._hop_base
-        last_hop = end_frame - 1 + self._hops_per_frame - self._hop_base
-        lo, hi = max(0, first_hop), min(self._hop_sumsq.size, last_hop)
-        if hi <= lo:
-            return -160.0, 0.0
-        n = (hi - lo) * self.spec.hop_length
-        return rms_dbfs(float(self._hop_sumsq[lo:hi].sum()) / n), float(self._hop_clipped[lo:hi].sum()) / n
-
     def _score_window(self, window: np.ndarray, end_frame: int, t_end: float) -> list[Event]:
-        level_dbfs, clip_fraction = self._window_levels(end_frame)
+        level_dbfs, clip_fraction = self.levels.window(end_frame)
         self.last_rms_dbfs = level_dbfs
         settings = self.detector.settings
         score: Optional[float] = None
@@ -196,43 +157,21 @@ class Pipeline:
         probs: Optional[np.ndarray] = None
         if level_dbfs >= settings.silence_dbfs:
             t0 = time.perf_counter()
-            if self._classifier:
-                probs = self.runner.probabilities(window)
-                score = float(probs[self._alert_idx].sum())  # summed probability of the alert labels
+            if self.labeler is not None:
+                score, probs = self.runner.classify(window)
             else:
                 score = self.runner.process(window)
             latency_ms = (time.perf_counter() - t0) * 1e3
             self.windows_scored += 1
             self.last_score = score
         events = self.detector.process(score, t_end, level_dbfs, clip_fraction)
-        if self._classifier:
-            events = self._label_alerts(events, probs)
+        if self.labeler is not None:
+            events = self.labeler.label(events, probs, settings.trigger_n)
         if score is not None:
             pairs = None if probs is None else tuple(zip(self.runner.bundle.labels, (float(p) for p in probs)))
             events.append(ScoreEvent(self.detector.machine, t_end, score, settings.threshold, level_dbfs, latency_ms,
                                      pairs))
         return events
-
-    def _label_alerts(self, events: list[Event], probs: Optional[np.ndarray]) -> list[Event]:
-        """Name the winning alert label on classifier alerts: over the trigger windows (start) or the episode (end)."""
-        if probs is not None:
-            alert_probs = probs[self._alert_idx]
-            self._recent_alert_probs = (self._recent_alert_probs + [alert_probs])[-self.detector.settings.trigger_n:]
-            if self._episode_alert_probs is not None:
-                self._episode_alert_probs = self._episode_alert_probs + alert_probs
-        out: list[Event] = []
-        for event in events:
-            if isinstance(event, AlertEvent) and self._alert_idx.size:
-                if event.type == "start":
-                    self._episode_alert_probs = np.sum(self._recent_alert_probs, axis=0) \
-                        if self._recent_alert_probs else np.zeros(self._alert_idx.size)
-                totals = self._episode_alert_probs
-                if totals is not None:
-                    event = dataclasses.replace(event, label=self.runner.bundle.alert_labels[int(np.argmax(totals))])
-                if event.type == "end":
-                    self._episode_alert_probs = None
-            out.append(event)
-        return out
 
     def update_settings(self, settings: DetectorSettings) -> None:
         """Reload detector settings without touching audio state."""
