@@ -144,7 +144,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
 
 def cmd_identify(args: argparse.Namespace) -> int:
     """Say which machine type the configured source sounds like."""
-    from edge_monitor.machine_check import run_identify
+    from edge_monitor.identify import run_identify
     return run_identify(args)
 
 
@@ -253,7 +253,7 @@ def _add_gateway_verbs(sub: Any) -> None:
     s.set_defaults(func=cmd_record)
 
     s = sub.add_parser("identify", help="listen to the configured source and say which machine type it sounds like")
-    from edge_monitor.machine_check import add_identify_arguments
+    from edge_monitor.identify import add_identify_arguments
     add_identify_arguments(s)
     s.set_defaults(func=cmd_identify)
 
