@@ -319,6 +319,32 @@ def cross_validate(files: Sequence[LabelledFile], ws: WindowSet, labels: Sequenc
 
 # ---------------------------------------------------------------- training API
 
+def _check_options(epochs: int, cv: int, threshold: float) -> None:
+    if epochs < 1:
+        raise ClassifierDataError(f"--epochs must be at least 1, got {epochs}")
+    if cv == 1 or cv < 0:
+        raise ClassifierDataError(f"--cv must be 0 (off) or at least 2 folds, got {cv}")
+    if not 0.0 < threshold < 1.0:
+        raise ClassifierDataError(f"--threshold is an alert probability and must be between 0 and 1, got {threshold}")
+
+
+def _cross_validation(files: list[LabelledFile], ws: WindowSet, labels: list[str], spec: FeatureSpec,
+                      counts: dict[str, int], cv: int, epochs: int, seed: int, real_weight: float,
+                      say: Callable[[str], None]) -> CrossValidation:
+    """K-fold cross-validation by file, reported as it goes (accuracy and confusion, also per source)."""
+    min_files = min(counts.values())
+    if min_files < cv:
+        say(f"note: label with only {min_files} file(s) for {cv} folds; some folds will lack it")
+    result = cross_validate(files, ws, labels, spec, folds=cv, epochs=epochs, seed=seed,
+                            real_weight=real_weight, progress=say)
+    say(f"cross-validated file accuracy ({cv} folds): {result.accuracy:.3f}")
+    say(format_confusion(labels, result.confusion))
+    for src, r in result.by_source.items():
+        say(f"  {src} files ({r['files']}): accuracy {r['accuracy']:.3f}")
+        say(format_confusion(labels, r["confusion"]))
+    return result
+
+
 def train_classifier(data_dir: Union[str, Path], out_path: Union[str, Path], *,
                      alert_labels: Optional[str] = None, channel: Any = "mean", epochs: int = DEFAULT_EPOCHS,
                      seed: int = 0, cv: int = 0, threshold: float = DEFAULT_THRESHOLD,
@@ -337,12 +363,7 @@ def train_classifier(data_dir: Union[str, Path], out_path: Union[str, Path], *,
 
     say = progress or _LOGGER.info
     started = time.monotonic()
-    if epochs < 1:
-        raise ClassifierDataError(f"--epochs must be at least 1, got {epochs}")
-    if cv == 1 or cv < 0:
-        raise ClassifierDataError(f"--cv must be 0 (off) or at least 2 folds, got {cv}")
-    if not 0.0 < threshold < 1.0:
-        raise ClassifierDataError(f"--threshold is an alert probability and must be between 0 and 1, got {threshold}")
+    _check_options(epochs, cv, threshold)
     files = find_labelled_files(data_dir)
     labels = sorted({f.label for f in files})
     alerts, purpose = resolve_alert_labels(labels, alert_labels)
@@ -357,16 +378,7 @@ def train_classifier(data_dir: Union[str, Path], out_path: Union[str, Path], *,
 
     cv_result = None
     if cv and cv > 1:
-        min_files = min(counts.values())
-        if min_files < cv:
-            say(f"note: label with only {min_files} file(s) for {cv} folds; some folds will lack it")
-        cv_result = cross_validate(files, ws, labels, spec, folds=cv, epochs=epochs, seed=seed,
-                                   real_weight=real_weight, progress=say)
-        say(f"cross-validated file accuracy ({cv} folds): {cv_result.accuracy:.3f}")
-        say(format_confusion(labels, cv_result.confusion))
-        for src, r in cv_result.by_source.items():
-            say(f"  {src} files ({r['files']}): accuracy {r['accuracy']:.3f}")
-            say(format_confusion(labels, r["confusion"]))
+        cv_result = _cross_validation(files, ws, labels, spec, counts, cv, epochs, seed, real_weight, say)
 
     model = _fit(ws, files, len(labels), spec, epochs=epochs, seed=seed, real_weight=real_weight,
                  progress=say, what="final model")
@@ -376,9 +388,8 @@ def train_classifier(data_dir: Union[str, Path], out_path: Union[str, Path], *,
     representative = [w[None, :, :, None] for w in norm]
 
     n_real = sum(1 for f in files if not f.synthetic)
-    seconds = float(sum(_durations_seconds(files)))
     training: dict[str, Any] = {
-        "files": len(files), "seconds": round(seconds, 1), "labels": counts,
+        "files": len(files), "seconds": round(float(sum(_durations_seconds(files))), 1), "labels": counts,
         "real_files": n_real, "synthetic_files": len(files) - n_real, "windows": int(len(ws.y)),
         "epochs": epochs, "seed": seed, "channel": channel if isinstance(channel, (str, int)) else list(channel),
         "train_hop_seconds": train_hop_seconds, "gain_augment_db": GAIN_AUGMENT_DB,
@@ -391,20 +402,11 @@ def train_classifier(data_dir: Union[str, Path], out_path: Union[str, Path], *,
         training.update(extra_training)
     thr = float(threshold) if purpose == "detect" else IDENTIFY_THRESHOLD
     meta: dict[str, Any] = {
-        "name": name or Path(out_path).stem,
-        "version": str(version),
-        "kind": "classifier",
-        "purpose": purpose,
-        "feature_spec": spec.to_dict(),
-        "input_shape": [1, spec.frames_per_window, spec.n_features, 1],
-        "score": {"type": "alert_probability"},
-        "labels": labels,
-        "alert_labels": alerts,
-        "threshold": thr,
-        "training": training,
+        "name": name or Path(out_path).stem, "version": str(version), "kind": "classifier", "purpose": purpose,
+        "feature_spec": spec.to_dict(), "input_shape": [1, spec.frames_per_window, spec.n_features, 1],
+        "score": {"type": "alert_probability"}, "labels": labels, "alert_labels": alerts, "threshold": thr,
+        "training": training, **({"description": description} if description else {}),
     }
-    if description:
-        meta["description"] = description
 
     def calibrate(tflite: bytes) -> dict[str, Any]:
         return {"threshold_basis": _threshold_basis(tflite, ws, files, labels, alerts, purpose, thr, spec,
