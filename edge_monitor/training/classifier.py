@@ -345,6 +345,33 @@ def _cross_validation(files: list[LabelledFile], ws: WindowSet, labels: list[str
     return result
 
 
+def _representative(ws: WindowSet, spec: FeatureSpec, seed: int) -> list[np.ndarray]:
+    """Up to 300 normalised training windows for the int8 conversion, chosen by the seed."""
+    pick = np.random.default_rng(seed).choice(len(ws.y), size=min(300, len(ws.y)), replace=False)
+    norm = (ws.x[pick] - np.float32(spec.norm_mean)) * np.float32(1.0 / spec.norm_std)
+    return [w[None, :, :, None] for w in norm]
+
+
+def _training_record(files: list[LabelledFile], ws: WindowSet, counts: dict[str, int], data_dir: Union[str, Path],
+                     epochs: int, seed: int, channel: Any, train_hop_seconds: float,
+                     cv_result: Optional[CrossValidation], extra: Optional[dict[str, Any]]) -> dict[str, Any]:
+    """The bundle's ``training`` metadata."""
+    n_real = sum(1 for f in files if not f.synthetic)
+    training: dict[str, Any] = {
+        "files": len(files), "seconds": round(float(sum(_durations_seconds(files))), 1), "labels": counts,
+        "real_files": n_real, "synthetic_files": len(files) - n_real, "windows": int(len(ws.y)),
+        "epochs": epochs, "seed": seed, "channel": channel if isinstance(channel, (str, int)) else list(channel),
+        "train_hop_seconds": train_hop_seconds, "gain_augment_db": GAIN_AUGMENT_DB,
+        "file_label_rule": "arg-max of the mean window probabilities",
+        "data_dir": str(data_dir),
+    }
+    if cv_result is not None:
+        training["cross_validation"] = cv_result.to_json()
+    if extra:
+        training.update(extra)
+    return training
+
+
 def train_classifier(data_dir: Union[str, Path], out_path: Union[str, Path], *,
                      alert_labels: Optional[str] = None, channel: Any = "mean", epochs: int = DEFAULT_EPOCHS,
                      seed: int = 0, cv: int = 0, threshold: float = DEFAULT_THRESHOLD,
@@ -359,6 +386,7 @@ def train_classifier(data_dir: Union[str, Path], out_path: Union[str, Path], *,
     runs K-fold cross-validation first and stores it in ``training.cross_validation``.
     Raises ClassifierDataError for unusable data or options.
     """
+    from edge_monitor.bundle import load_metadata
     from edge_monitor.training.export import export_bundle
 
     say = progress or _LOGGER.info
@@ -376,31 +404,13 @@ def train_classifier(data_dir: Union[str, Path], out_path: Union[str, Path], *,
     spec = dataclasses.replace(base_spec, norm_mean=round(mean, 4), norm_std=round(max(std, 1e-3), 4))
     say(f"{len(ws.y)} training windows of {spec.frames_per_window} frames x {spec.n_features} features")
 
-    cv_result = None
-    if cv and cv > 1:
-        cv_result = _cross_validation(files, ws, labels, spec, counts, cv, epochs, seed, real_weight, say)
-
+    cv_result = _cross_validation(files, ws, labels, spec, counts, cv, epochs, seed, real_weight, say) \
+        if cv > 1 else None
     model = _fit(ws, files, len(labels), spec, epochs=epochs, seed=seed, real_weight=real_weight,
                  progress=say, what="final model")
-    rng = np.random.default_rng(seed)
-    pick = rng.choice(len(ws.y), size=min(300, len(ws.y)), replace=False)
-    norm = (ws.x[pick] - np.float32(spec.norm_mean)) * np.float32(1.0 / spec.norm_std)
-    representative = [w[None, :, :, None] for w in norm]
-
-    n_real = sum(1 for f in files if not f.synthetic)
-    training: dict[str, Any] = {
-        "files": len(files), "seconds": round(float(sum(_durations_seconds(files))), 1), "labels": counts,
-        "real_files": n_real, "synthetic_files": len(files) - n_real, "windows": int(len(ws.y)),
-        "epochs": epochs, "seed": seed, "channel": channel if isinstance(channel, (str, int)) else list(channel),
-        "train_hop_seconds": train_hop_seconds, "gain_augment_db": GAIN_AUGMENT_DB,
-        "file_label_rule": "arg-max of the mean window probabilities",
-        "data_dir": str(data_dir),
-    }
-    if cv_result is not None:
-        training["cross_validation"] = cv_result.to_json()
-    if extra_training:
-        training.update(extra_training)
     thr = float(threshold) if purpose == "detect" else IDENTIFY_THRESHOLD
+    training = _training_record(files, ws, counts, data_dir, epochs, seed, channel, train_hop_seconds, cv_result,
+                                extra_training)
     meta: dict[str, Any] = {
         "name": name or Path(out_path).stem, "version": str(version), "kind": "classifier", "purpose": purpose,
         "feature_spec": spec.to_dict(), "input_shape": [1, spec.frames_per_window, spec.n_features, 1],
@@ -412,14 +422,12 @@ def train_classifier(data_dir: Union[str, Path], out_path: Union[str, Path], *,
         return {"threshold_basis": _threshold_basis(tflite, ws, files, labels, alerts, purpose, thr, spec,
                                                     cv_result)}
 
-    bundle = export_bundle(model, representative, meta, calibrate=calibrate)
+    bundle = export_bundle(model, _representative(ws, spec, seed), meta, calibrate=calibrate)
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_bytes(bundle)
     tmp.replace(out)
-    from edge_monitor.bundle import load_metadata
-
     final_meta, _ = load_metadata(out)
     say(f"wrote {out} ({len(bundle) / 1024:.1f} KiB) in {time.monotonic() - started:.0f} s; labels "
         f"{', '.join(labels)}; alert labels {', '.join(alerts) if purpose == 'detect' else '(none: identify only)'}")
