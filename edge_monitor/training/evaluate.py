@@ -203,17 +203,7 @@ def evaluate(model_path: Union[str, Path], data_dir: Union[str, Path], report_di
     except BundleError as exc:  # ModelError is a BundleError
         raise EvaluationError(str(exc)) from None
     bundle = runner.bundle
-    try:
-        clips = load_dataset(data_dir, layout)
-    except DatasetError as exc:
-        raise EvaluationError(str(exc)) from None
-    unlabelled = [c for c in clips if c.label == UNKNOWN]
-    clips = [c for c in clips if c.label != UNKNOWN]
-    if unlabelled:
-        say(f"skipping {len(unlabelled)} unlabelled files (e.g. {unlabelled[0].path})")
-    if not clips:
-        raise EvaluationError(f"{data_dir}: no labelled WAV files (labels come from normal/abnormal folders, "
-                              "DCASE normal/anomaly file names, or one sub-folder per label)")
+    clips, unlabelled = _labelled_clips(data_dir, layout, say)
     labels = sorted({c.label for c in clips})
     truth, truth_rule = _truth_rule(bundle, labels)
     thr = bundle.threshold if threshold is None else float(threshold)
@@ -244,22 +234,42 @@ def evaluate(model_path: Union[str, Path], data_dir: Union[str, Path], report_di
         "files": [r.to_json(thr) for r in results],
         "plots": {},
     }
-    out = Path(report_dir)
+    _write_report(Path(report_dir), report, results, runner.bundle.spec, window_hop_seconds, plots)
+    _summarise(report, say)
+    return report
+
+
+def _labelled_clips(data_dir: Union[str, Path], layout: Optional[str],
+                    say: Callable[[str], None]) -> tuple[list, list]:
+    """``(labelled clips, unlabelled clips)`` of a dataset; EvaluationError when nothing is labelled."""
+    try:
+        clips = load_dataset(data_dir, layout)
+    except DatasetError as exc:
+        raise EvaluationError(str(exc)) from None
+    unlabelled = [c for c in clips if c.label == UNKNOWN]
+    clips = [c for c in clips if c.label != UNKNOWN]
+    if unlabelled:
+        say(f"skipping {len(unlabelled)} unlabelled files (e.g. {unlabelled[0].path})")
+    if not clips:
+        raise EvaluationError(f"{data_dir}: no labelled WAV files (labels come from normal/abnormal folders, "
+                              "DCASE normal/anomaly file names, or one sub-folder per label)")
+    return clips, unlabelled
+
+
+def _write_report(out: Path, report: dict[str, Any], results: list, spec: Any, window_hop_seconds: float,
+                  plots: bool) -> None:
+    """``report.json``, the PNG plots and ``index.html`` into ``out``."""
+    from edge_monitor.training.report_html import write_index, write_plots
+
     try:
         out.mkdir(parents=True, exist_ok=True)
         if plots:
-            from edge_monitor.training.report_html import write_plots
-
-            report["plots"] = write_plots(out, report, results, runner.bundle.spec, window_hop_seconds,
+            report["plots"] = write_plots(out, report, results, spec, window_hop_seconds,
                                           long_file_seconds=LONG_FILE_SECONDS)
         (out / "report.json").write_text(json.dumps(report, indent=1, default=_json_default))
-        from edge_monitor.training.report_html import write_index
-
         write_index(out, report)
     except OSError as exc:
         raise OSError(f"cannot write the report to {out}: {exc.strerror or exc}") from None
-    _summarise(report, say)
-    return report
 
 
 def _json_default(obj: Any) -> Any:
