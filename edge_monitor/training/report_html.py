@@ -320,10 +320,15 @@ code{background:#f3f3f3;padding:0 3px}"""
 
 def write_index(out: Path, report: dict[str, Any]) -> None:
     """Write ``index.html``: model, dataset, metrics tables and the plots (relative image paths)."""
-    m, d, b = report["model"], report["dataset"], report["binary"]
+    parts = _model_and_dataset_html(report) + _metrics_html(report) + _plots_and_files_html(report)
+    (out / "index.html").write_text("\n".join(parts), encoding="utf-8")
+
+
+def _model_and_dataset_html(report: dict[str, Any]) -> list[str]:
+    m, d = report["model"], report["dataset"]
     e = html.escape
     basis = m.get("threshold_basis") or {}
-    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Evaluation: {e(m['name'])}</title>"
+    return [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>Evaluation: {e(m['name'])}</title>"
              f"<style>{_CSS}</style></head><body>",
              f"<h1>Evaluation of {e(m['name'])} v{e(str(m['version']))}</h1>",
              "<h2>Model</h2>",
@@ -342,7 +347,12 @@ def write_index(out: Path, report: dict[str, Any]) -> None:
                      ["file score", f"{report['scoring']['file_score']}, windows "
                                     f"{report['scoring']['window_hop_seconds']} s apart; flagged when "
                                     f"{report['scoring']['flagged_when']}"]])]
-    parts.append("<h2>Detection metrics</h2>")
+
+
+def _metrics_html(report: dict[str, Any]) -> list[str]:
+    b = report["binary"]
+    e = html.escape
+    parts = ["<h2>Detection metrics</h2>"]
     if "auc" in b:
         st = b["at_threshold"]
         parts.append(_table([
@@ -369,6 +379,12 @@ def write_index(out: Path, report: dict[str, Any]) -> None:
         parts.append(_table([[k, v["files"], v["normal"], v["anomalous"], v.get("auc"), v.get("pauc")]
                              for k, v in pm.items()],
                             ["machine", "files", "normal", "anomalous", "AUC", "pAUC"]))
+    return parts
+
+
+def _plots_and_files_html(report: dict[str, Any]) -> list[str]:
+    e = html.escape
+    parts: list[str] = []
     if report.get("plots"):
         parts.append("<h2>Plots</h2>")
         for p in report["plots"].values():
@@ -390,4 +406,4 @@ def write_index(out: Path, report: dict[str, Any]) -> None:
         table_rows.append(row)
     parts.append(_table(table_rows, cols))
     parts.append("<p>Machine-readable results: <a href='report.json'>report.json</a>.</p></body></html>")
-    (out / "index.html").write_text("\n".join(parts), encoding="utf-8")
+    return parts
