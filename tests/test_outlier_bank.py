@@ -9,17 +9,12 @@ from edge_monitor.bundle import load_metadata
 from edge_monitor.model import ModelError, load_model
 from edge_monitor.scoring import score_file
 from edge_monitor.training import outlier_bank as ob
-from edge_monitor.training.synthetic import generate
 from edge_monitor.training.unsupervised import train_unsupervised
-from edge_monitor.wavio import write_wav
-
-RATE_HZ = 16000
+from tests.helpers.labelled_audio import write_clip
 
 
 def _clip(path: Path, seed: int, machine: str = "pump", anomaly=None, seconds: float = 10.0) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_wav(path, generate(machine, seconds, RATE_HZ, seed=seed, anomaly=anomaly, severity=0.8), RATE_HZ)
-    return path
+    return write_clip(path, machine, anomaly, seed=seed, seconds=seconds, severity=0.8)
 
 
 def test_logistic_regression_matches_scikit_learn():
