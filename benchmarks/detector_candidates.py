@@ -61,6 +61,13 @@ def level_free(frames: np.ndarray) -> np.ndarray:
     return frames - frames.mean(axis=1, keepdims=True)
 
 
+def with_context(frames: np.ndarray, kind: str) -> np.ndarray:
+    """Frames with time context: ``delta`` appends x[t] - x[t-2], ``stack2`` appends x[t-1]."""
+    if kind == "delta":
+        return np.hstack([frames, np.vstack([np.zeros((2, frames.shape[1])), frames[2:] - frames[:-2]])])
+    return np.hstack([frames, np.vstack([frames[:1], frames[:-1]])])
+
+
 def window_stats(frames: np.ndarray, hop: int, remove_level: bool) -> np.ndarray:
     """``(windows, 2 * bands)``: per-band mean (optionally less its level) and std over 32-frame windows."""
     n = 1 + (frames.shape[0] - WINDOW_FRAMES) // hop
@@ -261,6 +268,10 @@ def candidates(yamnet: Optional[Path]) -> dict[str, Fitter]:
         "frames + outlier-bank logistic, maximum of the two": two_part(lf128, "max"),
         "level-free 128 frames, Ledoit-Wolf + other machines' between-recording covariance": frame_model(
             lf128, session_covariance),
+        "time context: level-free 128 frames + their 2-frame delta (256), Ledoit-Wolf": frame_model(
+            lambda a: with_context(lf128(a), "delta"), ledoit_wolf),
+        "time context: two consecutive level-free 128 frames stacked (256), Ledoit-Wolf": frame_model(
+            lambda a: with_context(lf128(a), "stack2"), ledoit_wolf),
     })
     if yamnet is not None and (yamnet / "yamnet_spectra_in.tflite").exists():
         c["YAMNet int8 embedding, Ledoit-Wolf"] = yamnet_model(yamnet, ledoit_wolf)
