@@ -244,8 +244,12 @@ def start_reference(pulse: PulseServer, channels: int) -> tuple[subprocess.Popen
     return proc, log
 
 
-def run_once(pulse: PulseServer, configs: list[Path], warmup_s: float, window_s: float) -> dict[str, Any]:
-    """Start the daemon, time its start-up, meter it and the reference over one window, stop both."""
+def run_once(pulse: PulseServer, configs: list[Path], warmup_s: float, window_s: float,
+             broker: Optional[Mosquitto] = None) -> dict[str, Any]:
+    """Start the daemon, time its start-up, meter it and the reference over one window, stop both.
+
+    With a broker, the window starts only once every machine has connected to it (the daemon in its
+    steady state, publishing); if one does not, the error shows the daemon's and the broker's logs."""
     machines = len(configs)
     args = [sys.executable, "-m", "edge_monitor", "run"]
     for config in configs:
@@ -260,6 +264,13 @@ def run_once(pulse: PulseServer, configs: list[Path], warmup_s: float, window_s:
                   START_TIMEOUT_SECONDS, f"a first score from all {machines} machine(s)", proc, log)
         scores = log.matches(_LOG_FIRST_SCORE)
         ready, capture = log.first(_LOG_READY), log.first(_LOG_CAPTURE)
+        if broker is not None:
+            try:
+                _wait_for(lambda: len(log.matches(_LOG_MQTT_CONNECTED)) >= machines, START_TIMEOUT_SECONDS,
+                          f"all {machines} machine(s) to connect to the broker", proc, log)
+            except RuntimeError as exc:
+                raise RuntimeError(f"{exc}\nbroker (port {broker.port}, running: {broker.running}):\n"
+                                   f"{broker.log_text()[-1500:]}") from None
         reference, reference_log = start_reference(pulse, machines)
         time.sleep(warmup_s)
         meters = {"daemon": CpuMeter(proc.pid), "reference": CpuMeter(reference.pid)}
@@ -328,7 +339,7 @@ def run_scenario(workdir: Path, machines: int, mqtt: bool, repeats: int, warmup_
         for repeat in range(repeats):
             progress(f"{machines} machine(s), MQTT {'on' if mqtt else 'off'}: run {repeat + 1} of {repeats}")
             configs = write_configs(workdir / f"run{repeat}", machines, broker)
-            runs.append(run_once(pulse, configs, warmup_s, window_s))
+            runs.append(run_once(pulse, configs, warmup_s, window_s, broker))
     finally:
         if feeder is not None:
             feeder.stop()

@@ -102,12 +102,18 @@ class Mosquitto:
                 raise RuntimeError(f"mosquitto exited with {code}:\n{self.log_text()[-2000:]}")
             try:
                 with socket.create_connection((HOST, self.port), timeout=0.5):
-                    return
+                    pass
             except OSError:
                 if time.monotonic() > deadline:
                     self.stop()
                     raise RuntimeError(f"mosquitto did not listen on {self.port}:\n{self.log_text()[-2000:]}") from None
                 time.sleep(0.05)
+                continue
+            # the port answers; make sure it is mosquitto that does (another process may hold a port we
+            # were told was free, and then mosquitto exits on "address already in use")
+            time.sleep(0.1)
+            if self._proc.poll() is None:
+                return
 
     def stop(self) -> None:
         """Stop the broker (SIGTERM, which saves persistence; SIGKILL after 10 s)."""
