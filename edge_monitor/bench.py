@@ -44,8 +44,9 @@ from edge_monitor.bundle import BundleError
 from edge_monitor.detector import Detector, DetectorSettings
 from edge_monitor.events import ScoreEvent
 from edge_monitor.features import FeatureSpec, StreamingExtractor
+from edge_monitor.levels import rms_dbfs
 from edge_monitor.model import ModelRunner, load_model
-from edge_monitor.pipeline import Pipeline, rms_dbfs
+from edge_monitor.pipeline import Pipeline
 from edge_monitor.sources.base import Block
 from edge_monitor.wavio import write_wav
 

@@ -30,15 +30,13 @@ from edge_monitor.alert_labels import AlertLabeler
 from edge_monitor.detector import Detector, DetectorSettings
 from edge_monitor.events import Event, ScoreEvent
 from edge_monitor.features import FeatureError, StreamingExtractor, to_mono_float
-from edge_monitor.levels import CLIP_LEVEL, LevelMeter, rms_dbfs
+from edge_monitor.levels import SILENT_DBFS, LevelMeter
 from edge_monitor.machine_check import MachineTypeCheck, TypeCheckResult, make_type_check
 from edge_monitor.model import ModelRunner
 from edge_monitor.sources.base import Block
 
 if TYPE_CHECKING:
     from edge_monitor.config import Config
-
-__all__ = ["CLIP_LEVEL", "Pipeline", "detector_settings", "rms_dbfs", "select_channels"]
 
 
 def detector_settings(cfg: Config, model_threshold: float) -> DetectorSettings:
@@ -75,7 +73,7 @@ class Pipeline:
         self.levels = LevelMeter(self.spec, self.hop_frames)
         self.windows_scored = 0
         self.last_score: Optional[float] = None
-        self.last_rms_dbfs = -160.0
+        self.last_rms_dbfs = SILENT_DBFS
         bundle = runner.bundle
         self.labeler = AlertLabeler(bundle.labels, bundle.alert_labels) if bundle.kind == "classifier" else None
         self.type_check: Optional[MachineTypeCheck] = None      # install-time check; dropped once it has decided

@@ -53,11 +53,6 @@ def setup_problems(web: WebConfig) -> list[str]:
     return problems
 
 
-def _threshold_setter(machine: Machine) -> Any:
-    # the Machine validates (ValueError refuses, as for threshold/set), saves, applies and publishes
-    # the retained threshold/state itself, under its settings lock
-    return machine.set_threshold
-
 
 def build_web(daemon: Daemon) -> Optional[WebServer]:
     """A bound (not yet serving) WebServer for the daemon's machines, or None when no config enables it.
@@ -96,7 +91,8 @@ def build_web(daemon: Daemon) -> Optional[WebServer]:
         ports.append(MachinePort(
             id=m.id, name=m.cfg.machine.name or m.id, view=view,
             feedback=FeedbackStore(Path(m.cfg.state_dir), m.id), threshold=threshold,
-            set_threshold=_threshold_setter(m), stats=stats,
+            # the Machine validates (ValueError refuses, as for threshold/set), saves, applies and publishes
+            set_threshold=m.set_threshold, stats=stats,
             publish_feedback=sink.publish_feedback if sink is not None else (lambda payload: False),
             clips_dir=clips_dir, hop_seconds=m.cfg.detection.window_hop_seconds, spec=m.pipeline.spec))
         view.state = m.pipeline.detector.state
