@@ -68,6 +68,22 @@ def with_context(frames: np.ndarray, kind: str) -> np.ndarray:
     return np.hstack([frames, np.vstack([frames[:1], frames[:-1]])])
 
 
+def centred(frames: np.ndarray, horizon: Optional[int] = None) -> np.ndarray:
+    """Each frame less the mean of its recording (``horizon=None``) or of the last ``horizon`` frames."""
+    if horizon is None:
+        return frames - frames.mean(axis=0)
+    c = np.cumsum(np.vstack([np.zeros((1, frames.shape[1])), frames]), axis=0)
+    i = np.arange(1, frames.shape[0] + 1)
+    lo = np.maximum(0, i - horizon)
+    return frames - (c[i] - c[lo]) / (i - lo)[:, None]
+
+
+def smoothed(frames: np.ndarray, n: int) -> np.ndarray:
+    """The moving average of ``n`` consecutive frames."""
+    c = np.cumsum(np.vstack([np.zeros((1, frames.shape[1])), frames]), axis=0)
+    return (c[n:] - c[:-n]) / n
+
+
 def window_stats(frames: np.ndarray, hop: int, remove_level: bool) -> np.ndarray:
     """``(windows, 2 * bands)``: per-band mean (optionally less its level) and std over 32-frame windows."""
     n = 1 + (frames.shape[0] - WINDOW_FRAMES) // hop
@@ -90,8 +106,10 @@ def ledoit_wolf(x: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     return lambda y: np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", y - mu, prec, y - mu), 0.0))
 
 
-def knn(x: np.ndarray, k: int = 1, whiten: bool = False) -> Callable[[np.ndarray], np.ndarray]:
-    """Mean distance to the k nearest normal vectors (z-scored, or Ledoit-Wolf whitened)."""
+def knn(x: np.ndarray, k: int = 1, whiten: bool = False,
+        bank: Optional[np.ndarray] = None) -> Callable[[np.ndarray], np.ndarray]:
+    """Mean distance to the k nearest vectors of ``bank`` (default: every other normal vector), z-scored
+    or Ledoit-Wolf whitened with the normal vectors' statistics."""
     mu = x.mean(axis=0)
     if whiten:
         from sklearn.covariance import LedoitWolf
@@ -100,7 +118,7 @@ def knn(x: np.ndarray, k: int = 1, whiten: bool = False) -> Callable[[np.ndarray
         w = vecs / np.sqrt(np.maximum(vals, 1e-9))
     else:
         w = np.diag(1.0 / (x.std(axis=0) + 1e-3))
-    bank = (x[::2] - mu) @ w
+    bank = ((x[::2] if bank is None else bank) - mu) @ w
     bank_sq = (bank ** 2).sum(axis=1)
 
     def dist(y: np.ndarray) -> np.ndarray:
@@ -137,6 +155,39 @@ def session_covariance(x: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     return lambda y: np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", y - mu, prec, y - mu), 0.0))
 
 
+def pca_residual(x: np.ndarray, k: int = 16) -> Callable[[np.ndarray], np.ndarray]:
+    """Length of what is left of a frame outside the ``k`` principal directions of the normal frames."""
+    mu = x.mean(axis=0)
+    v = np.linalg.svd(x - mu, full_matrices=False)[2][:k].T
+    return lambda y: np.sqrt(((y - mu - (y - mu) @ v @ v.T) ** 2).sum(axis=1))
+
+
+def nuisance_projection(x: np.ndarray, k: int = 8) -> Callable[[np.ndarray], np.ndarray]:
+    """Ledoit-Wolf after removing the ``k`` main directions in which other machines' recordings move
+    from one session to the next (nuisance attribute projection)."""
+    vecs = np.linalg.eigh(_BANK["session_cov"])[1][:, ::-1][:, :k]
+    proj = np.eye(x.shape[1]) - vecs @ vecs.T
+    dist = ledoit_wolf(x @ proj)
+    return lambda y: dist(y @ proj)
+
+
+def prior_shrinkage(x: np.ndarray, weight: float = 0.3) -> Callable[[np.ndarray], np.ndarray]:
+    """Ledoit-Wolf covariance shrunk further toward other machines' mean within-recording covariance."""
+    from sklearn.covariance import LedoitWolf
+
+    est = LedoitWolf().fit(x)
+    prior = _BANK["within_cov"] * np.trace(est.covariance_) / np.trace(_BANK["within_cov"])
+    prec = np.linalg.inv((1 - weight) * est.covariance_ + weight * prior)
+    mu = est.location_
+    return lambda y: np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", y - mu, prec, y - mu), 0.0))
+
+
+def knn_ratio(x: np.ndarray, k: int = 5) -> Callable[[np.ndarray], np.ndarray]:
+    """Log of (mean distance to the k nearest normal frames / to the k nearest outlier-bank frames), whitened."""
+    own, other = knn(x, k, whiten=True, bank=x[::2]), knn(x, k, whiten=True, bank=_BANK["frames"])
+    return lambda y: np.log(own(y) + 1e-9) - np.log(other(y) + 1e-9)
+
+
 def two_part(feat: Callable[[np.ndarray], np.ndarray], combine: str, weight: float = 1.0) -> Fitter:
     """Ledoit-Wolf distance and the bank's log-odds, each scaled by its median and IQR on the training frames."""
     def fit(normals: list[np.ndarray]) -> Scorer:
@@ -171,15 +222,17 @@ def set_bank(data: Path, group: dict, level_free_frames: Callable[[Path], np.nda
         key = machine_key(path, data)
         if key is not None and key != own:
             by_machine.setdefault(key, []).append(level_free_frames(path))
-    picks, shifts = [], []
+    picks, shifts, within = [], [], []
     for clips in by_machine.values():
         picks += [c[rng.choice(len(c), min(FRAMES_PER_CLIP, len(c)), replace=False)] for c in clips]
+        within += [np.cov(c.T) for c in clips]
         if len(clips) >= 2:
             means = np.array([c.mean(axis=0) for c in clips])
             shifts.append((means - means.mean(axis=0)) * np.sqrt(len(clips) / (len(clips) - 1)))
     _BANK["frames"] = np.concatenate(picks)
     d = np.concatenate(shifts)
     _BANK["session_cov"] = d.T @ d / len(d)
+    _BANK["within_cov"] = np.mean(within, axis=0)
 
 
 # ---------------------------------------------------------------- candidates
@@ -196,6 +249,37 @@ def frame_model(feat: Callable[[np.ndarray], np.ndarray],
             csum = np.concatenate([[0.0], np.cumsum(d)])
             starts = np.arange(max(n, 0)) * HOP_FRAMES
             return (csum[starts + WINDOW_FRAMES] - csum[starts]) / WINDOW_FRAMES
+        return score
+    return fit
+
+
+def half_centred(feat: Callable[[np.ndarray], np.ndarray], share: float = 0.5) -> Fitter:
+    """Ledoit-Wolf frames; a scored recording is first moved ``share`` of the way from its own mean
+    spectrum to the training mean (a session shift is taken as partly not a fault)."""
+    def fit(normals: list[np.ndarray]) -> Scorer:
+        x = np.concatenate([feat(a) for a in normals])
+        dist, mu = ledoit_wolf(x), x.mean(axis=0)
+
+        def score(audio: np.ndarray) -> np.ndarray:
+            f = feat(audio)
+            return _windows(dist(f - share * (f.mean(axis=0) - mu)))
+        return score
+    return fit
+
+
+def window_centred(feat: Callable[[np.ndarray], np.ndarray]) -> Fitter:
+    """Each 32-frame window less its own mean frame, Ledoit-Wolf on such centred training frames."""
+    def view(f: np.ndarray, hop: int) -> np.ndarray:
+        n = 1 + (f.shape[0] - WINDOW_FRAMES) // hop
+        w = f[np.arange(WINDOW_FRAMES)[None, :] + hop * np.arange(n)[:, None]]
+        return w - w.mean(axis=1, keepdims=True)
+
+    def fit(normals: list[np.ndarray]) -> Scorer:
+        dist = ledoit_wolf(np.concatenate([view(feat(a), 4).reshape(-1, 128) for a in normals]))
+
+        def score(audio: np.ndarray) -> np.ndarray:
+            v = view(feat(audio), HOP_FRAMES)
+            return dist(v.reshape(-1, v.shape[2])).reshape(v.shape[:2]).mean(axis=1)
         return score
     return fit
 
@@ -272,6 +356,23 @@ def candidates(yamnet: Optional[Path]) -> dict[str, Fitter]:
             lambda a: with_context(lf128(a), "delta"), ledoit_wolf),
         "time context: two consecutive level-free 128 frames stacked (256), Ledoit-Wolf": frame_model(
             lambda a: with_context(lf128(a), "stack2"), ledoit_wolf),
+    })
+    c.update({
+        "recording-centred: each recording less its own mean spectrum, Ledoit-Wolf": frame_model(
+            lambda a: centred(lf128(a)), ledoit_wolf),
+        "running-mean centred: each frame less the mean of the last 10 s, Ledoit-Wolf": frame_model(
+            lambda a: centred(lf128(a), 312), ledoit_wolf),
+        "window-centred: each 1 s window less its own mean, Ledoit-Wolf": window_centred(lf128),
+        "half-centred: a recording moved halfway from its mean to the training mean, Ledoit-Wolf": half_centred(
+            lf128),
+        "level-free 128 frames averaged over 4 frames (128 ms), Ledoit-Wolf": frame_model(
+            lambda a: smoothed(lf128(a), 4), ledoit_wolf),
+        "level-free 128 frames, residual outside 16 principal directions": frame_model(lf128, pca_residual),
+        "level-free 128 frames, 8 between-recording directions of other machines projected out": frame_model(
+            lf128, nuisance_projection),
+        "level-free 128 frames, Ledoit-Wolf shrunk 0.3 toward other machines' covariance": frame_model(
+            lf128, prior_shrinkage),
+        "level-free 128 frames, kNN-5 distance ratio own / outlier bank": frame_model(lf128, knn_ratio),
     })
     if yamnet is not None and (yamnet / "yamnet_spectra_in.tflite").exists():
         c["YAMNet int8 embedding, Ledoit-Wolf"] = yamnet_model(yamnet, ledoit_wolf)

@@ -118,6 +118,24 @@ def test_per_machine_benchmark_on_a_small_layout(tmp_path, capsys):
     assert result["summary"]["frames"]["ids"] == 2
     text = capsys.readouterr().out
     assert "### Means" in text and "| fan id_00 |" in text and "librosa_lw" in text
+    assert "### Margin over the best peer (librosa_lw)" in text
+    assert [r["method"] for r in result["margins"]] == ["frames"]
+
+
+def test_per_machine_margin_is_taken_over_the_best_peer_with_a_paired_interval():
+    from edge_monitor.training import per_machine
+
+    def group(aucs: dict) -> dict:
+        return {"methods": {m: {"auc": a} for m, a in aucs.items()}}
+    groups = ([group({"frames": 1.0, "librosa_lw": 0.5, "stats": 0.5})] * 4
+              + [group({"frames": 0.5, "librosa_lw": 0.5, "stats": 0.0})] * 16)
+    (row,) = per_machine.margins(groups, ["frames", "librosa_lw", "stats"])
+    assert row["peer"] == "librosa_lw"                  # 0.6 mean AUC against stats' 0.1
+    assert row["difference"] == pytest.approx(0.1)
+    assert (row["better"], row["worse"], row["tied"]) == (4, 0, 16)
+    lo, hi = row["ci95"]
+    assert 0.0 <= lo < 0.1 < hi <= 0.25
+    assert per_machine.margins(groups, ["frames"]) == []     # no peer in the run: no margin
 
 
 def test_per_machine_refuses_a_folder_without_machine_ids(tmp_path, capsys):
