@@ -253,6 +253,25 @@ def frame_model(feat: Callable[[np.ndarray], np.ndarray],
     return fit
 
 
+def ensemble(feats: Sequence[Callable[[np.ndarray], np.ndarray]], combine: str = "sum") -> Fitter:
+    """Several Ledoit-Wolf frame models, each window score less its median and divided by its
+    interquartile range on the training audio (a rank-like normalisation), summed or maxed."""
+    def fit(normals: list[np.ndarray]) -> Scorer:
+        parts = []
+        for feat in feats:
+            x = np.concatenate([feat(a) for a in normals])
+            dist = ledoit_wolf(x)
+            t = _windows(dist(x))
+            parts.append((feat, dist, float(np.median(t)), float(np.subtract(*np.percentile(t, [75, 25]))) + 1e-9))
+
+        def score(audio: np.ndarray) -> np.ndarray:
+            v = [(_windows(dist(feat(audio))) - m) / s for feat, dist, m, s in parts]
+            v = [w[:min(len(u) for u in v)] for w in v]
+            return np.max(v, axis=0) if combine == "max" else np.sum(v, axis=0)
+        return score
+    return fit
+
+
 def half_centred(feat: Callable[[np.ndarray], np.ndarray], share: float = 0.5) -> Fitter:
     """Ledoit-Wolf frames; a scored recording is first moved ``share`` of the way from its own mean
     spectrum to the training mean (a session shift is taken as partly not a fault)."""
@@ -293,8 +312,8 @@ def window_model(feat: Callable[[np.ndarray, int], np.ndarray],
     return fit
 
 
-def yamnet_model(folder: Path, model: Callable[[np.ndarray], Callable[[np.ndarray], np.ndarray]]) -> Fitter:
-    """YAMNet's 1024-d embedding (tensor 90) of 0.96 s patches every 0.24 s, then a distance model."""
+def yamnet_embedder(folder: Path) -> Callable[[np.ndarray], np.ndarray]:
+    """YAMNet's 1024-d embedding (tensor 90) of 0.96 s patches every 0.24 s: audio -> (patches, 1024)."""
     import librosa
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
@@ -318,10 +337,36 @@ def yamnet_model(folder: Path, model: Callable[[np.ndarray], Callable[[np.ndarra
             interp.invoke()
             out.append((interp.get_tensor(90).astype(np.float32).reshape(-1) - zero) * scale)
         return np.array(out, dtype=np.float64)
+    return embed
+
+
+def yamnet_model(folder: Path, model: Callable[[np.ndarray], Callable[[np.ndarray], np.ndarray]]) -> Fitter:
+    """YAMNet's embedding, then a distance model; one score per 0.96 s patch."""
+    embed = yamnet_embedder(folder)
 
     def fit(normals: list[np.ndarray]) -> Scorer:
         dist = model(np.concatenate([embed(a) for a in normals]))
         return lambda audio: dist(embed(audio))
+    return fit
+
+
+def frames_plus_yamnet(folder: Path, weight: float = 1.0) -> Fitter:
+    """``frames`` plus the Ledoit-Wolf distance of YAMNet's embedding, each divided by its interquartile
+    range on the training audio; the patch scores are interpolated onto the frame model's windows."""
+    embed = yamnet_embedder(folder)
+
+    def fit(normals: list[np.ndarray]) -> Scorer:
+        x = np.concatenate([level_free(logmel(a, 128)) for a in normals])
+        e = np.concatenate([embed(a) for a in normals])
+        frames, yam = ledoit_wolf(x), ledoit_wolf(e)
+        s_f = float(np.subtract(*np.percentile(_windows(frames(x)), [75, 25]))) + 1e-9
+        s_y = float(np.subtract(*np.percentile(yam(e), [75, 25]))) + 1e-9
+
+        def score(audio: np.ndarray) -> np.ndarray:
+            a = _windows(frames(level_free(logmel(audio, 128)))) / s_f
+            b = yam(embed(audio)) / s_y
+            return a + weight * np.interp(np.linspace(0, b.size - 1, a.size), np.arange(b.size), b)
+        return score
     return fit
 
 
@@ -373,9 +418,15 @@ def candidates(yamnet: Optional[Path]) -> dict[str, Fitter]:
         "level-free 128 frames, Ledoit-Wolf shrunk 0.3 toward other machines' covariance": frame_model(
             lf128, prior_shrinkage),
         "level-free 128 frames, kNN-5 distance ratio own / outlier bank": frame_model(lf128, knn_ratio),
+        "ensemble: level-free 64 + 128 + 256-band frames and 256-bin linear, normalised sum": ensemble(
+            [lambda a: level_free(logmel(a, 64)), lf128, lambda a: level_free(logmel(a, 256)),
+             lambda a: level_free(linear_db(a, 2))]),
+        "ensemble: level-free 64 / 128 / 256-band frames, normalised maximum": ensemble(
+            [lambda a: level_free(logmel(a, 64)), lf128, lambda a: level_free(logmel(a, 256))], "max"),
     })
     if yamnet is not None and (yamnet / "yamnet_spectra_in.tflite").exists():
         c["YAMNet int8 embedding, Ledoit-Wolf"] = yamnet_model(yamnet, ledoit_wolf)
+        c["frames + YAMNet embedding distance, IQR-scaled sum"] = frames_plus_yamnet(yamnet)
     return c
 
 
@@ -412,17 +463,49 @@ def evaluate(fit: Fitter, group_folds: list[tuple[dict, list[dict]]],
     return out
 
 
+def session_shift(group_folds: list[tuple[dict, list[dict]]]) -> str:
+    """Why the leave-one-out folds are hard: each clip's mean frame distance (level-free 128 frames,
+    Ledoit-Wolf on the fold's training clips) as a multiple of the training audio's own, for the
+    held-out normal clips and the anomalous clips, and how often a normal clip scores above a fault."""
+    normal, faults, above, pairs = [], [], 0, 0
+    for _group, fl in group_folds:
+        for fold in (f for f in fl if f["level"] == "file"):
+            x = np.concatenate([level_free(logmel(load_mono(p, 16000, 0), 128)) for p in fold["train"]])
+            dist = ledoit_wolf(x)
+            base = float(np.mean(dist(x)))
+            ratio = {p: float(np.mean(dist(level_free(logmel(load_mono(p, 16000, 0), 128))))) / base
+                     for p, _ in fold["test"]}
+            n = [ratio[p] for p, lab in fold["test"] if lab == 0]
+            a = [ratio[p] for p, lab in fold["test"] if lab == 1]
+            normal += n
+            faults += a
+            above += sum(v <= m for v in a for m in n)
+            pairs += len(a) * len(n)
+
+    def q(v: list[float]) -> str:
+        return "median {:.2f} (quartiles {:.2f}-{:.2f})".format(*np.percentile(v, [50, 25, 75]))
+    return (f"{len(normal)} leave-one-out folds. Mean frame distance / the training audio's: held-out normal "
+            f"clips {q(normal)}; {len(faults)} anomalous clip scorings {q(faults)}; a normal clip scores at or "
+            f"above the fault in {above} of {pairs} pairs.")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI entry point: prints one Markdown row per candidate and aggregate."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--yamnet", type=Path, default=None, help="folder with yamnet_spectra_in.tflite (optional)")
     p.add_argument("--only", default="", help="run only candidates whose name contains this text")
+    p.add_argument("--session-shift", action="store_true",
+                   help="print how far held-out normal clips and faults move from the training audio, then stop")
     args = p.parse_args(argv)
     groups = find_groups(args.data)
     if not groups:
         print(f"no machine IDs with normal and anomalous clips under {args.data}", file=sys.stderr)
         return 2
+    if args.session_shift:
+        with tempfile.TemporaryDirectory() as tmp:
+            print(session_shift([(g, folds(g, Path(tmp))) for g in groups]))
+        return 0
     sets = sorted({g["set"] for g in groups})
     print("| candidate | file score | mean AUC, all IDs | " + " | ".join(sets) + " |")
     print("|---|---|---" + "|---" * len(sets) + "|")
