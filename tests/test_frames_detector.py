@@ -49,7 +49,16 @@ def test_frames_is_the_default_and_trains_from_20_seconds(frames_model):
     assert np.isfinite(meta["score"]["offset"]) and meta["threshold"] > 0
     assert meta["score"]["offset"] > 0 and "logit_column" not in meta["score"] and summary["outlier_bank_frames"] == 0
     assert meta["feature_spec"]["n_mels"] == 128 and meta["feature_spec"]["frames_per_window"] == 32
-    assert meta["threshold_basis"]["heldout_scheme"].startswith("5-fold")
+    assert meta["threshold_basis"]["heldout_scheme"].startswith("2-fold out-of-fold scores over recordings")
+
+
+def test_one_recording_is_calibrated_on_its_parts_and_the_user_is_told(tmp_path):
+    lines: list[str] = []
+    clip = _clip(tmp_path / "normal" / "only.wav", seed=3, seconds=12.0)
+    summary = train_unsupervised([clip], tmp_path / "m.tflite", seed=0, progress=lines.append)
+    assert summary["threshold_basis"]["heldout_scheme"].startswith(
+        "5-fold out-of-fold scores over contiguous parts of each recording")
+    assert any(line.startswith("note: calibrated on parts of the same recording") for line in lines)
 
 
 def test_frames_model_is_one_int8_layer_that_every_runtime_has(frames_model):

@@ -194,22 +194,26 @@ def test_calibration_folds_hold_out_every_part_exactly_once():
     for train, h in folds:
         assert not {c.path for c in train} & {c.path for c in h}
         assert len(train) + len(h) == 7
-    # fewer files than folds: five contiguous parts of each file, part k held out in fold k
+    # two to four files: leave one recording out, so the threshold sees another session of the machine
     two = [clip("a", np.arange(10 * RATE_HZ, dtype=np.float32)), clip("b", np.zeros(7 * RATE_HZ, np.float32))]
     folds = calibration_folds(two, 5)
-    assert all(len(h) == 2 and len(t) == 8 for t, h in folds)
-    a_parts = [h[0].audio for _, h in folds]
-    assert np.array_equal(np.concatenate(a_parts), two[0].audio)  # nothing lost, nothing repeated
+    assert [([c.path for c in t], [c.path for c in h]) for t, h in folds] == [(["b"], ["a"]), (["a"], ["b"])]
+    # one file, or a fold that would train on under 5 s: five contiguous parts, part k held out in fold k
+    for few in ([two[0]], [two[0], clip("c", np.zeros(3 * RATE_HZ, np.float32))]):
+        folds = calibration_folds(few, 5)
+        assert len(folds) == 5 and all(len(h) == len(few) and len(t) == 4 * len(few) for t, h in folds)
+        a_parts = [h[0].audio for _, h in folds]
+        assert np.array_equal(np.concatenate(a_parts), two[0].audio)  # nothing lost, nothing repeated
     assert calibration_folds(files, 1)[0][1] == split_heldout(files)[1]
 
 
 def test_stats_calibrates_on_out_of_fold_scores(trained):
     path, summary, lines = trained["stats"]
-    assert summary["calibration_folds"] == 5
-    assert "5-fold out-of-fold" in summary["threshold_basis"]["heldout_scheme"]
+    assert summary["calibration_folds"] == 4   # 4 recordings: each held out once by a model of the other 3
+    assert "4-fold out-of-fold scores over recordings" in summary["threshold_basis"]["heldout_scheme"]
     assert summary["train_parts"] == summary["files"] == 4  # the shipped model sees all the audio
-    assert summary["heldout_parts"] == 4 * 5  # 4 files < 5 folds: 5 parts of each, each scored once
-    assert sum(1 for line in lines if line.startswith("calibration fold")) == 5
+    assert summary["heldout_parts"] == 4
+    assert sum(1 for line in lines if line.startswith("calibration fold")) == 4
 
 
 def test_rate_model_and_threshold():

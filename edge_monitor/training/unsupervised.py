@@ -25,9 +25,9 @@ Methods (chosen by measurement, see docs/detection.md):
   128 mels (kind ``autoencoder``).
 
 Calibration data: ``frames`` and ``stats`` are fitted once per fold of a 5-fold split over the
-recordings (over five contiguous parts of each recording when there are fewer
-than five), so the threshold sees how much unseen recordings of the same machine
-differ; the shipped model is then fitted on everything. The gradient-trained
+recordings (one fold per recording with two to four of them; five contiguous parts of a single
+recording), so the threshold sees how much unseen recordings of the same machine differ; the
+shipped model is then fitted on everything. The gradient-trained
 methods hold out one split instead: every fifth file (sorted by path), or with
 fewer files the last 20% of every file.
 """
@@ -149,23 +149,33 @@ def split_heldout(clips: list[_Clip], fraction: float = HELDOUT_FRACTION,
     return train, held
 
 
+_PART_MARK = "["   # a calibration part's path: "<file>[<first sample>:<end sample>]"
+
+
 def calibration_folds(clips: list[_Clip], n_folds: int,
                       sample_rate_hz: int = 16000) -> list[tuple[list[_Clip], list[_Clip]]]:
     """``[(train, heldout), ...]`` for calibration.
 
-    ``n_folds == 1``: the single split of ``split_heldout``. Otherwise K-fold: with at least ``n_folds`` files,
-    file ``i`` is held out in fold ``i % n_folds``; with fewer, every file is cut into ``n_folds`` contiguous
-    parts and fold ``k`` holds out part ``k`` of every file.
+    ``n_folds == 1``: the single split of ``split_heldout``. Otherwise K-fold over recordings: with at
+    least ``n_folds`` files, file ``i`` is held out in fold ``i % n_folds``; with 2 to ``n_folds - 1`` files,
+    each file is held out in a fold of its own (leave one recording out), so the threshold sees how far
+    another recording of the machine moves, as it does with more files. Only one file (or a fold that would
+    train on under MIN_TRAIN_SECONDS) falls back to ``n_folds`` contiguous parts of every file, fold ``k``
+    holding out part ``k`` of each: the variation inside one recording, all one recording can show.
     """
     if n_folds <= 1:
         return [split_heldout(clips, sample_rate_hz=sample_rate_hz)]
+    total = sum(c.audio.size for c in clips)
     if len(clips) >= n_folds:
         parts = [(i % n_folds, c) for i, c in enumerate(clips)]
+    elif len(clips) >= 2 and all(total - c.audio.size >= MIN_TRAIN_SECONDS * sample_rate_hz for c in clips):
+        n_folds = len(clips)
+        parts = list(enumerate(clips))
     else:
         parts = []
         for c in clips:
             edges = np.linspace(0, c.audio.size, n_folds + 1).round().astype(int)
-            parts += [(k, _Clip(c.path + f"[{edges[k]}:{edges[k + 1]}]", c.audio[edges[k]:edges[k + 1]]))
+            parts += [(k, _Clip(c.path + f"{_PART_MARK}{edges[k]}:{edges[k + 1]}]", c.audio[edges[k]:edges[k + 1]]))
                       for k in range(n_folds)]
     return [([c for f, c in parts if f != k], [c for f, c in parts if f == k]) for k in range(n_folds)]
 
@@ -619,8 +629,13 @@ def _fit_and_score(method: str, data: _Input, base_spec: FeatureSpec, n_epochs: 
     if data.extra:
         say(f"{len(data.extra)} clip(s) given as train-only normal audio (feedback): in every fold's training part")
     if cross_fit:
+        held_parts = [c for _, held in folds for c in held]
         say(f"read {len(data.files)} file(s), {data.total_s:.1f} s of audio; {len(folds)}-fold calibration over "
-            f"{sum(len(held) for _, held in folds)} part(s)")
+            f"{len(held_parts)} part(s)")
+        if any(_PART_MARK in c.path for c in held_parts):
+            say("note: calibrated on parts of the same recording(s), so the threshold knows only the variation "
+                "inside them; another session of the machine (other load, background, day) often exceeds it. "
+                "Give recordings of two or more sessions for a threshold that allows for that.")
     else:
         say(f"read {len(data.files)} file(s), {data.total_s:.1f} s of audio; {len(folds[0][0])} training part(s), "
             f"{len(folds[0][1])} held out for calibration")
@@ -667,8 +682,10 @@ def _calibrate(sc: _Scoring, cross_fit: bool, target_per_hour: float, window_hop
                  for s in sc.held_scores)
     basis["heldout_seconds"] = held_seconds
     basis["heldout_alerts"] = alerts
-    basis["heldout_scheme"] = (f"{len(sc.folds)}-fold out-of-fold scores (each part scored by a model fitted "
-                               "without it); the shipped model is fitted on all the audio" if cross_fit else
+    over = ("recordings" if all(_PART_MARK not in c.path for c in sc.held_clips)
+            else "contiguous parts of each recording")
+    basis["heldout_scheme"] = (f"{len(sc.folds)}-fold out-of-fold scores over {over} (each scored by a model "
+                               "fitted without it); the shipped model is fitted on all the audio" if cross_fit else
                                "one held-out split (every fifth recording, or the last 20% of each when there "
                                "are fewer than 5); the shipped model is fitted without it")
     say(f"threshold {threshold:.4g}: held-out median {basis['heldout_percentiles']['50']:.4g}, "
