@@ -272,6 +272,23 @@ def ensemble(feats: Sequence[Callable[[np.ndarray], np.ndarray]], combine: str =
     return fit
 
 
+def patch_model(bands: int, frames: int) -> Fitter:
+    """Time-frequency patches: ``bands`` adjacent level-free bands over ``frames`` consecutive frames,
+    one Ledoit-Wolf model per band group, the patch distances summed over the groups."""
+    def patches(f: np.ndarray, b0: int) -> np.ndarray:
+        n = f.shape[0] - frames + 1
+        return np.concatenate([f[i:i + n, b0:b0 + bands] for i in range(frames)], axis=1)
+
+    def fit(normals: list[np.ndarray]) -> Scorer:
+        feats = [level_free(logmel(a, 128)) for a in normals]
+        models = [(b0, ledoit_wolf(np.concatenate([patches(f, b0) for f in feats]))) for b0 in range(0, 128, bands)]
+        def score(audio: np.ndarray) -> np.ndarray:
+            f = level_free(logmel(audio, 128))
+            return _windows(np.sum([m(patches(f, b0)) for b0, m in models], axis=0))
+        return score
+    return fit
+
+
 def half_centred(feat: Callable[[np.ndarray], np.ndarray], share: float = 0.5) -> Fitter:
     """Ledoit-Wolf frames; a scored recording is first moved ``share`` of the way from its own mean
     spectrum to the training mean (a session shift is taken as partly not a fault)."""
@@ -418,6 +435,8 @@ def candidates(yamnet: Optional[Path]) -> dict[str, Fitter]:
         "level-free 128 frames, Ledoit-Wolf shrunk 0.3 toward other machines' covariance": frame_model(
             lf128, prior_shrinkage),
         "level-free 128 frames, kNN-5 distance ratio own / outlier bank": frame_model(lf128, knn_ratio),
+        "time-frequency patches: 16 bands x 4 frames, Ledoit-Wolf per band group, summed": patch_model(16, 4),
+        "time-frequency patches: 32 bands x 2 frames, Ledoit-Wolf per band group, summed": patch_model(32, 2),
         "ensemble: level-free 64 + 128 + 256-band frames and 256-bin linear, normalised sum": ensemble(
             [lambda a: level_free(logmel(a, 64)), lf128, lambda a: level_free(logmel(a, 256)),
              lambda a: level_free(linear_db(a, 2))]),
