@@ -612,8 +612,10 @@ def _read_input(normal_paths: Sequence[Union[str, Path]], train_only_paths: Sequ
     if len(files) < FEW_RECORDINGS:
         # Measured on 40 real machine IDs (docs/detection.md): trained on 1-2 recordings, the calibrated threshold
         # was exceeded by 31 of 73 other normal recordings of the same machines; with 40 recordings, by none of 35.
+        learns = ("how much this one recording varies" if len(files) == 1 else
+                  "how far one of these two recordings is from the other")
         say(f"warning: all the normal audio comes from {len(files)} recording(s); the threshold can only learn "
-            "how much this session varies, and other days, loads or shifts of a healthy machine may alert. "
+            f"{learns}, and other days, loads or shifts of a healthy machine may alert. "
             "Record the machine in each of its normal states and retrain with those recordings too")
     return _Input(files, clips, extra, total_s)
 
@@ -629,13 +631,8 @@ def _fit_and_score(method: str, data: _Input, base_spec: FeatureSpec, n_epochs: 
     if data.extra:
         say(f"{len(data.extra)} clip(s) given as train-only normal audio (feedback): in every fold's training part")
     if cross_fit:
-        held_parts = [c for _, held in folds for c in held]
         say(f"read {len(data.files)} file(s), {data.total_s:.1f} s of audio; {len(folds)}-fold calibration over "
-            f"{len(held_parts)} part(s)")
-        if any(_PART_MARK in c.path for c in held_parts):
-            say("note: calibrated on parts of the same recording(s), so the threshold knows only the variation "
-                "inside them; another session of the machine (other load, background, day) often exceeds it. "
-                "Give recordings of two or more sessions for a threshold that allows for that.")
+            f"{sum(len(held) for _, held in folds)} part(s)")
     else:
         say(f"read {len(data.files)} file(s), {data.total_s:.1f} s of audio; {len(folds[0][0])} training part(s), "
             f"{len(folds[0][1])} held out for calibration")
