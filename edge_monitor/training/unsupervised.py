@@ -611,7 +611,7 @@ def _read_input(normal_paths: Sequence[Union[str, Path]], train_only_paths: Sequ
         say(f"warning: only {total_s:.0f} s of normal audio; {RECOMMENDED_TRAIN_SECONDS:.0f} s or more is recommended")
     if len(files) < FEW_RECORDINGS:
         # Measured on 40 real machine IDs (docs/detection.md): trained on 1-2 recordings, the calibrated threshold
-        # was exceeded by 31 of 73 other normal recordings of the same machines; with 40 recordings, by none of 35.
+        # was exceeded by 22 of 73 other normal recordings of the same machines; with 40 recordings, by none of 35.
         learns = ("how much this one recording varies" if len(files) == 1 else
                   "how far one of these two recordings is from the other")
         say(f"warning: all the normal audio comes from {len(files)} recording(s); the threshold can only learn "
