@@ -93,6 +93,7 @@ _LOG_FIRST_SCORE = re.compile(r"edge_monitor\.daemon: (\S+): first score")
 _LOG_READY = re.compile(r"edge_monitor\.daemon: monitoring ")
 _LOG_CAPTURE = re.compile(r"capturing \d+ channel\(s\)")
 _LOG_MQTT_CONNECTED = re.compile(r"MQTT: connected to")
+_BROKER_CLIENT = re.compile(r"New client connected from \S+ as (\S+)")
 _LOG_ALERT_START = re.compile(r": alert start")
 
 
@@ -233,6 +234,14 @@ def _wait_for(predicate: Any, timeout_s: float, what: str, proc: subprocess.Pope
         time.sleep(0.01)
 
 
+def broker_clients(broker: Optional[Mosquitto], since: int) -> set[str]:
+    """Client ids the broker accepted after offset ``since`` of its log (the broker is the authority on
+    who connected; the daemon's own "connected" lines are counted beside it)."""
+    if broker is None:
+        return set()
+    return {m.group(1) for m in _BROKER_CLIENT.finditer(broker.log_text()[since:])}
+
+
 def start_reference(pulse: PulseServer, channels: int) -> tuple[subprocess.Popen, LogWatcher]:
     """The bare capture process, once its stream runs."""
     proc = subprocess.Popen([sys.executable, "-c", _REFERENCE_SCRIPT, str(channels), str(SAMPLE_RATE_HZ),
@@ -251,6 +260,7 @@ def run_once(pulse: PulseServer, configs: list[Path], warmup_s: float, window_s:
     With a broker, the window starts only once every machine has connected to it (the daemon in its
     steady state, publishing); if one does not, the error shows the daemon's and the broker's logs."""
     machines = len(configs)
+    since = len(broker.log_text()) if broker is not None else 0
     args = [sys.executable, "-m", "edge_monitor", "run"]
     for config in configs:
         args += ["--config", str(config)]
@@ -266,10 +276,12 @@ def run_once(pulse: PulseServer, configs: list[Path], warmup_s: float, window_s:
         ready, capture = log.first(_LOG_READY), log.first(_LOG_CAPTURE)
         if broker is not None:
             try:
-                _wait_for(lambda: len(log.matches(_LOG_MQTT_CONNECTED)) >= machines, START_TIMEOUT_SECONDS,
+                _wait_for(lambda: len(broker_clients(broker, since)) >= machines, START_TIMEOUT_SECONDS,
                           f"all {machines} machine(s) to connect to the broker", proc, log)
             except RuntimeError as exc:
-                raise RuntimeError(f"{exc}\nbroker (port {broker.port}, running: {broker.running}):\n"
+                raise RuntimeError(f"{exc}\nthe broker accepted {sorted(broker_clients(broker, since))}; the daemon "
+                                   f"logged {len(log.matches(_LOG_MQTT_CONNECTED))} 'MQTT: connected' line(s)\n"
+                                   f"broker (port {broker.port}, running: {broker.running}):\n"
                                    f"{broker.log_text()[-1500:]}") from None
         reference, reference_log = start_reference(pulse, machines)
         time.sleep(warmup_s)
@@ -307,7 +319,8 @@ def run_once(pulse: PulseServer, configs: list[Path], warmup_s: float, window_s:
         "start_to_all_scored_s": max(t for t, _ in scores) - launched,
         "window_s": window_s,
         "load_1m": (load_start + load_end) / 2,
-        "mqtt_connections": len(log.matches(_LOG_MQTT_CONNECTED)),
+        "mqtt_connections": len(broker_clients(broker, since)),
+        "mqtt_connections_logged": len(log.matches(_LOG_MQTT_CONNECTED)),
         "alerts_logged": len(log.matches(_LOG_ALERT_START)),
         "exit_code": exit_code,
     }
