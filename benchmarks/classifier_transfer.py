@@ -45,7 +45,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -182,19 +182,25 @@ def run_fold(name: str, held: Sequence[str], clips: Sequence[dict[str, Any]], re
     return record
 
 
-def shipped_scores(clips: Sequence[dict[str, Any]], out: Path) -> dict[str, float]:
-    """Shipped-model score of every clip by path; cached in ``out/folds/shipped.json``."""
-    cache = out / "folds" / "shipped.json"
+def cached_per_clip(clips: Sequence[dict[str, Any]], cache: Path, what: str,
+                    compute: Callable[[Sequence[dict[str, Any]]], list[Any]]) -> dict[str, Any]:
+    """``compute(clips)`` by clip path, kept in the JSON file ``cache`` and reused while the clips are the same."""
     paths = [str(c["path"]) for c in clips]
     if cache.is_file():
-        cached: dict[str, float] = json.loads(cache.read_text())
+        cached: dict[str, Any] = json.loads(cache.read_text())
         if sorted(cached) == sorted(paths):
             return cached
-    _say(f"scoring {len(clips)} clips with {SHIPPED_MODEL}")
-    scores = dict(zip(paths, score_clips(SHIPPED_MODEL, clips)))
+    _say(f"{what} {len(clips)} clips")
+    values = dict(zip(paths, compute(clips)))
     cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps(scores, indent=1))
-    return scores
+    cache.write_text(json.dumps(values, indent=1))
+    return values
+
+
+def shipped_scores(clips: Sequence[dict[str, Any]], out: Path) -> dict[str, float]:
+    """Shipped-model score of every clip by path; cached in ``out/folds/shipped.json``."""
+    return cached_per_clip(clips, out / "folds" / "shipped.json", f"scoring with {SHIPPED_MODEL}:",
+                           lambda cs: list(score_clips(SHIPPED_MODEL, cs)))
 
 
 # ---------------------------------------------------------------- statistics and report
@@ -393,17 +399,8 @@ def run_unit_fold(name: str, held: Sequence[str], clips: Sequence[dict[str, Any]
 
 def shipped_types(clips: Sequence[dict[str, Any]], out: Path) -> dict[str, dict[str, Any]]:
     """Shipped machine-type prediction of every clip by path; cached in ``out/folds/shipped_machine_type.json``."""
-    cache = out / "folds" / "shipped_machine_type.json"
-    paths = [str(c["path"]) for c in clips]
-    if cache.is_file():
-        cached: dict[str, dict[str, Any]] = json.loads(cache.read_text())
-        if sorted(cached) == sorted(paths):
-            return cached
-    _say(f"classifying {len(clips)} clips with {SHIPPED_MT_MODEL}")
-    preds = dict(zip(paths, classify_clips(SHIPPED_MT_MODEL, clips)))
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps(preds, indent=1))
-    return preds
+    return cached_per_clip(clips, out / "folds" / "shipped_machine_type.json",
+                           f"classifying with {SHIPPED_MT_MODEL}:", lambda cs: list(classify_clips(SHIPPED_MT_MODEL, cs)))
 
 
 # ---------------------------------------------------------------- machine-type: statistics and report
