@@ -123,17 +123,22 @@ def synthetic_part(work: Path) -> Path:
     return ds
 
 
-def fold_dataset(base: Path, clips: Sequence[dict[str, Any]], held: Sequence[str], real: Path,
-                 dest: Path) -> Path:
-    """``dest/{normal,abnormal}/``: symlinks to the synthetic part plus the real clips whose type is not held out."""
+def link_synthetic(base: Path, dest: Path, labels: Sequence[str]) -> None:
+    """A fresh ``dest`` holding ``<label>/synthetic/`` symlinks to the synthetic clips (and marker) of ``base``."""
     if dest.exists():
         shutil.rmtree(dest)
-    for label in ("normal", ABNORMAL):
+    for label in labels:
         folder = dest / label / "synthetic"
         folder.mkdir(parents=True)
         for f in sorted((base / label / "synthetic").iterdir()):
             if f.suffix.lower() == ".wav" or f.name == SYNTHETIC_MARKER:
                 (folder / f.name).symlink_to(f.resolve())
+
+
+def fold_dataset(base: Path, clips: Sequence[dict[str, Any]], held: Sequence[str], real: Path,
+                 dest: Path) -> Path:
+    """``dest/{normal,abnormal}/``: symlinks to the synthetic part plus the real clips whose type is not held out."""
+    link_synthetic(base, dest, ("normal", ABNORMAL))
     for clip in clips:
         if clip["machine"] not in held:
             _link_real(clip, dest / (ABNORMAL if clip["anomaly"] else "normal") / "real", real)
@@ -332,14 +337,7 @@ def machine_synthetic_part(work: Path) -> Path:
 def machine_fold_dataset(base: Path, clips: Sequence[dict[str, Any]], held: Sequence[str], real: Path,
                          dest: Path) -> Path:
     """``dest/<type>/``: symlinks to the synthetic part plus the real clips whose unit is not held out."""
-    if dest.exists():
-        shutil.rmtree(dest)
-    for label in MACHINE_TYPES:
-        folder = dest / label / "synthetic"
-        folder.mkdir(parents=True)
-        for f in sorted((base / label / "synthetic").iterdir()):
-            if f.suffix.lower() == ".wav" or f.name == SYNTHETIC_MARKER:
-                (folder / f.name).symlink_to(f.resolve())
+    link_synthetic(base, dest, MACHINE_TYPES)
     for clip in clips:
         if clip["unit"] not in held:
             _link_real(clip, dest / clip["machine"] / "real", real)
