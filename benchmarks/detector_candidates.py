@@ -193,7 +193,7 @@ def two_part(feat: Callable[[np.ndarray], np.ndarray], combine: str, weight: flo
     def fit(normals: list[np.ndarray]) -> Scorer:
         x = np.concatenate([feat(a) for a in normals])
         parts = [ledoit_wolf(x), logistic_vs_bank(x)]
-        scale = [(float(np.median(p(x))), float(np.subtract(*np.percentile(p(x), [75, 25]))) + 1e-9) for p in parts]
+        scale = [(float(np.median(p(x))), _iqr(p(x))) for p in parts]
 
         def score(audio: np.ndarray) -> np.ndarray:
             f = feat(audio)
@@ -201,6 +201,11 @@ def two_part(feat: Callable[[np.ndarray], np.ndarray], combine: str, weight: flo
             return np.maximum(a, b) if combine == "max" else a + weight * b
         return score
     return fit
+
+
+def _iqr(v: np.ndarray) -> float:
+    """Interquartile range (never 0): the scale each part of a combined score is divided by."""
+    return float(np.subtract(*np.percentile(v, [75, 25]))) + 1e-9
 
 
 def _windows(d: np.ndarray) -> np.ndarray:
@@ -262,7 +267,7 @@ def ensemble(feats: Sequence[Callable[[np.ndarray], np.ndarray]], combine: str =
             x = np.concatenate([feat(a) for a in normals])
             dist = ledoit_wolf(x)
             t = _windows(dist(x))
-            parts.append((feat, dist, float(np.median(t)), float(np.subtract(*np.percentile(t, [75, 25]))) + 1e-9))
+            parts.append((feat, dist, float(np.median(t)), _iqr(t)))
 
         def score(audio: np.ndarray) -> np.ndarray:
             v = [(_windows(dist(feat(audio))) - m) / s for feat, dist, m, s in parts]
@@ -376,8 +381,8 @@ def frames_plus_yamnet(folder: Path, weight: float = 1.0) -> Fitter:
         x = np.concatenate([level_free(logmel(a, 128)) for a in normals])
         e = np.concatenate([embed(a) for a in normals])
         frames, yam = ledoit_wolf(x), ledoit_wolf(e)
-        s_f = float(np.subtract(*np.percentile(_windows(frames(x)), [75, 25]))) + 1e-9
-        s_y = float(np.subtract(*np.percentile(yam(e), [75, 25]))) + 1e-9
+        s_f = _iqr(_windows(frames(x)))
+        s_y = _iqr(yam(e))
 
         def score(audio: np.ndarray) -> np.ndarray:
             a = _windows(frames(level_free(logmel(audio, 128)))) / s_f

@@ -149,9 +149,6 @@ def split_heldout(clips: list[_Clip], fraction: float = HELDOUT_FRACTION,
     return train, held
 
 
-_PART_MARK = "["   # a calibration part's path: "<file>[<first sample>:<end sample>]"
-
-
 def calibration_folds(clips: list[_Clip], n_folds: int,
                       sample_rate_hz: int = 16000) -> list[tuple[list[_Clip], list[_Clip]]]:
     """``[(train, heldout), ...]`` for calibration.
@@ -175,7 +172,7 @@ def calibration_folds(clips: list[_Clip], n_folds: int,
         parts = []
         for c in clips:
             edges = np.linspace(0, c.audio.size, n_folds + 1).round().astype(int)
-            parts += [(k, _Clip(c.path + f"{_PART_MARK}{edges[k]}:{edges[k + 1]}]", c.audio[edges[k]:edges[k + 1]]))
+            parts += [(k, _Clip(c.path + f"[{edges[k]}:{edges[k + 1]}]", c.audio[edges[k]:edges[k + 1]]))
                       for k in range(n_folds)]
     return [([c for f, c in parts if f != k], [c for f, c in parts if f == k]) for k in range(n_folds)]
 
@@ -679,8 +676,8 @@ def _calibrate(sc: _Scoring, cross_fit: bool, target_per_hour: float, window_hop
                  for s in sc.held_scores)
     basis["heldout_seconds"] = held_seconds
     basis["heldout_alerts"] = alerts
-    over = ("recordings" if all(_PART_MARK not in c.path for c in sc.held_clips)
-            else "contiguous parts of each recording")
+    whole = {id(c) for c in sc.train_clips}  # held-out recordings are the input clips themselves; parts are new
+    over = "recordings" if all(id(c) in whole for c in sc.held_clips) else "contiguous parts of each recording"
     basis["heldout_scheme"] = (f"{len(sc.folds)}-fold out-of-fold scores over {over} (each scored by a model "
                                "fitted without it); the shipped model is fitted on all the audio" if cross_fit else
                                "one held-out split (every fifth recording, or the last 20% of each when there "
